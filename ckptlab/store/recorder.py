@@ -1,0 +1,552 @@
+"""Recorder: append checkpoints of any PyTorch training loop to a run archive.
+
+The training thread only snapshots tensors (one copy each) and puts them on a bounded queue;
+a writer thread drains the queue, writes every pending checkpoint in one batch (so fast loops
+pay the per-write overhead once per batch, not once per step) and then commits. See
+:mod:`ckptlab.store.format` for the layout and the commit protocol.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import asyncio
+import math
+import numbers
+import platform
+import queue
+import shutil
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.core.sync import sync
+
+from .._checks import check_choice, check_int
+from ..errors import (
+    ArchiveExistsError,
+    ArchiveNotFoundError,
+    CkptlabError,
+    ShapeMismatchError,
+    StepOrderError,
+    ValidationError,
+)
+from . import format as fmt
+from .serial import flatten_state, tensor_to_numpy
+
+__all__ = ["Recorder"]
+
+
+@dataclass
+class _Item:
+    step: int
+    params: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    state: tuple[object, dict[str, np.ndarray]] | None
+
+
+_STOP = object()
+
+
+async def _gather(coros) -> None:
+    await asyncio.gather(*coros)
+
+
+def _versions() -> dict:
+    import xarray
+
+    from .. import __version__
+
+    return {
+        "ckptlab": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+        "xarray": xarray.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _data_dims(name: str, ndim: int) -> list[str]:
+    for split in ("train", "test"):
+        if name.endswith("_" + split):
+            return [f"sample_{split}"] + [f"{name}_{i}" for i in range(1, ndim)]
+    return [f"{name}_{i}" for i in range(ndim)]
+
+
+def _json_ready(name: str, obj):
+    """Check that ``obj`` survives a JSON round trip (attrs are JSON, never pickles)."""
+    import json
+
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{name} must be JSON-serialisable (no NaN/Inf): {exc}") from None
+
+
+class Recorder:
+    """Write a training trajectory, checkpoint by checkpoint, to a Zarr archive.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Directory of the archive (``run.zarr``) or an fsspec URL (``memory://run``).
+    model_spec : dict, optional
+        JSON-able spec that rebuilds the model (``{"name": ..., "kwargs": {...}}``); taken from
+        ``model.spec`` when omitted and the model has one.
+    model : torch.nn.Module, optional
+        Only used for its ``spec`` attribute.
+    data : mapping of str to array, optional
+        The data the run used (``x_train``, ``y_train``, ``x_test``, ``y_test``, ...), stored
+        once so analysis needs nothing else.
+    config, task : dict, optional
+        JSON-able trainer configuration and task description.
+    seed : int, optional
+        The run's seed, recorded in the attrs.
+    mode : {"w-", "w", "a"}, default "w-"
+        ``"w-"`` creates a new archive and refuses an existing path; ``"w"`` replaces an
+        existing archive; ``"a"`` reopens one to append after its last committed checkpoint.
+    queue_size : int, default 32
+        Checkpoints that may wait for the writer before :meth:`save` blocks.
+
+    Notes
+    -----
+    A local archive is created in a temporary sibling directory and renamed into place, so a
+    crash never leaves a half-made archive at ``path``. Each chunk and metadata file is replaced
+    atomically and the commit record is written last: after a SIGKILL at any moment the archive
+    opens and holds exactly the checkpoints committed before it.
+    """
+
+    def __init__(
+        self,
+        path,
+        *,
+        model_spec: Mapping | None = None,
+        model: torch.nn.Module | None = None,
+        data: Mapping | None = None,
+        config: Mapping | None = None,
+        task: Mapping | None = None,
+        seed: int | None = None,
+        mode: str = "w-",
+        queue_size: int = 32,
+    ):
+        check_choice("mode", mode, ("w-", "w", "a"))
+        check_int("queue_size", queue_size, min=1)
+        self.path = path
+        if model_spec is None and model is not None:
+            model_spec = getattr(model, "spec", None)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._tails: dict[str, np.ndarray] = {}  # committed rows of each partial last chunk
+        self._handles: dict[str, zarr.Array] = {}  # "group/name" -> open array
+        self._param_meta: dict[str, tuple[tuple[int, ...], np.dtype, str | None]] | None = None
+
+        if mode == "a":
+            self._root = fmt.open_root(path, mode="r+")
+            self._recover()
+        else:
+            if fmt.exists(path) and mode == "w-":
+                raise ArchiveExistsError(
+                    f"an archive already exists at {path!s}: pass mode='w' to replace it or "
+                    "mode='a' to append to it"
+                )
+            header = {
+                "format_version": fmt.FORMAT_VERSION,
+                "model_spec": _json_ready("model_spec", dict(model_spec or {})),
+                "task": _json_ready("task", dict(task or {})),
+                "config": _json_ready("config", dict(config or {})),
+                "seed": None if seed is None else check_int("seed", seed),
+                "versions": _versions(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "commit": {"n": 0, "last_step": None, "state_slot": None},
+            }
+            self._root = self._create(path, header, dict(data or {}), replace=(mode == "w"))
+            self._n = 0
+            self._last_step: int | None = None
+            self._slot: str | None = None
+        self._writer = threading.Thread(target=self._run, name="ckptlab-recorder", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ creation / recovery
+    def _create(self, path, header: dict, data: dict, *, replace: bool) -> zarr.Group:
+        local = fmt.local_path(path)
+        target = local
+        if local is not None:
+            # Build next to the destination, then rename: the archive appears whole or not at all.
+            local.parent.mkdir(parents=True, exist_ok=True)
+            target = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.partial")
+        store = fmt.open_store(str(target) if local is not None else path, read_only=False)
+        root = zarr.open_group(store, mode="w")
+        for name in (fmt.PARAMS, fmt.METRICS, fmt.STATE):
+            root.create_group(name)
+        dgroup = root.create_group(fmt.DATA)
+        for name, value in data.items():
+            arr = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+            if arr.dtype == object:
+                raise ValidationError(f"data[{name!r}] must be a numeric array, got dtype object")
+            z = dgroup.create_array(
+                name,
+                shape=arr.shape,
+                dtype=arr.dtype,
+                chunks=arr.shape if arr.ndim else (),
+                dimension_names=_data_dims(name, arr.ndim),
+                fill_value=0,
+                config={"write_empty_chunks": True},
+                **fmt.plain_codecs(arr.dtype.itemsize),
+            )
+            z[...] = arr
+        root.attrs[fmt.ATTR_KEY] = header
+        if local is None:
+            return root
+        if local.exists():
+            if not replace:  # raced with another writer
+                shutil.rmtree(target, ignore_errors=True)
+                raise ArchiveExistsError(f"an archive already exists at {path!s}")
+            from .reader import check_replaceable
+
+            check_replaceable(local)
+            old = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.old")
+            local.rename(old)
+            target.rename(local)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            target.rename(local)
+        fmt.fsync_dir(local.parent)
+        return zarr.open_group(fmt.open_store(local, read_only=False), mode="r+")
+
+    def _recover(self) -> None:
+        """Reopen for appending: drop uncommitted rows and leftovers of a killed writer."""
+        header = fmt.read_header(self._root)
+        commit = header["commit"]
+        self._n = int(commit["n"])
+        self._last_step = commit["last_step"]
+        self._slot = commit["state_slot"]
+        local = fmt.local_path(self.path)
+        if local is not None:
+            for junk in local.rglob("*.partial"):
+                junk.unlink(missing_ok=True)
+        pgroup = self._root[fmt.PARAMS]
+        names = [k for k in pgroup.array_keys() if k != fmt.STEP]
+        if names:
+            self._param_meta = {}
+            for name in names:
+                arr = pgroup[name]
+                self._param_meta[name] = (
+                    tuple(arr.shape[1:]),
+                    arr.dtype,
+                    arr.attrs.get("torch_dtype"),
+                )
+        for gname in (fmt.PARAMS, fmt.METRICS):
+            g = self._root[gname]
+            for name in list(g.array_keys()):
+                arr = g[name]
+                self._handles[f"{gname}/{name}"] = arr
+                if arr.shape[0] != self._n:
+                    arr.resize((self._n,) + tuple(arr.shape[1:]))
+                c = arr.chunks[0]
+                start = (self._n // c) * c
+                self._tails[f"{gname}/{name}"] = np.asarray(arr[start : self._n])
+        sgroup = self._root[fmt.STATE]
+        for slot in list(sgroup.keys()):
+            if slot != self._slot:
+                del sgroup[slot]
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def n_committed(self) -> int:
+        """Number of checkpoints committed to the archive so far."""
+        return self._n
+
+    @property
+    def last_step(self) -> int | None:
+        """Step of the newest checkpoint accepted by :meth:`save` (committed or queued)."""
+        return self._last_step
+
+    def save(
+        self,
+        step: int,
+        model,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        state: Mapping | None = None,
+    ) -> None:
+        """Queue one checkpoint; returns once its tensors are copied.
+
+        Parameters
+        ----------
+        step : int
+            Training step, strictly larger than the previous checkpoint's.
+        model : torch.nn.Module or mapping of str to tensor
+            The model (its ``state_dict()`` is saved) or a state dict.
+        metrics : mapping of str to float, optional
+            Scalars for this checkpoint (losses, accuracies, ...). A name missing at some
+            checkpoints is NaN there.
+        optimizer : torch.optim.Optimizer, optional
+            Its state is kept for the newest checkpoint only (for resuming).
+        state : mapping, optional
+            Further trainer state for resuming (RNG states, counters): tensors, arrays, numbers,
+            strings, lists and dicts. Kept for the newest checkpoint only.
+
+        Raises
+        ------
+        StepOrderError
+            ``step`` is not larger than the previous one.
+        ShapeMismatchError
+            The set of parameters, or a shape or dtype, differs from the first checkpoint.
+        CkptlabError
+            A previous write failed (the writer's error is re-raised here).
+        """
+        self._raise_pending()
+        if self._closed:
+            raise CkptlabError(f"Recorder for {self.path!s} is closed")
+        step = check_int("step", step, min=0)
+        if self._last_step is not None and step <= self._last_step:
+            raise StepOrderError(
+                f"step must increase from one checkpoint to the next: got step {step} after "
+                f"step {self._last_step} in {self.path!s}"
+            )
+        sd = model.state_dict() if isinstance(model, torch.nn.Module) else model
+        if not isinstance(sd, Mapping) or not sd:
+            raise ValidationError(
+                f"model must be a torch.nn.Module or a non-empty state dict, got {type(model).__name__}"
+            )
+        params = {}
+        meta = {}
+        for name, t in sd.items():
+            if not isinstance(t, torch.Tensor):
+                raise ValidationError(f"state dict entry {name!r} is not a tensor")
+            if "/" in name or name == fmt.STEP or name.startswith("__"):
+                raise ValidationError(
+                    f"parameter name {name!r} cannot be stored: no '/', not 'step', not '__...'"
+                )
+            a, tdt = tensor_to_numpy(t)
+            params[name] = a
+            meta[name] = (tuple(a.shape), a.dtype, tdt)
+        self._check_params(step, meta)
+        clean_metrics = {}
+        for k, v in (metrics or {}).items():
+            if not isinstance(k, str) or not k or "/" in k or k == fmt.STEP:
+                raise ValidationError(f"metric name must be a non-empty str without '/', got {k!r}")
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise ValidationError(f"metric {k!r} must be a real number, got {v!r}")
+            clean_metrics[k] = float(v)
+        snap = None
+        if optimizer is not None or state is not None:
+            full = dict(state or {})
+            if optimizer is not None:
+                full["optimizer"] = optimizer.state_dict()
+            snap = flatten_state(full)
+        self._last_step = step
+        self._put(_Item(step, params, clean_metrics, snap))
+
+    def flush(self) -> None:
+        """Block until every queued checkpoint is committed; re-raise a write error."""
+        self._queue.join()
+        self._raise_pending()
+
+    def close(self) -> None:
+        """Flush, stop the writer thread and re-raise any write error. Idempotent."""
+        if self._closed:
+            self._raise_pending()
+            return
+        self._closed = True
+        self._put(_STOP)
+        self._writer.join()
+        self._raise_pending()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # keep what was committed; do not mask the original exception
+            try:
+                self.close()
+            except CkptlabError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"Recorder({self.path!s}, committed={self._n}, last_step={self._last_step})"
+
+    # ------------------------------------------------------------------ internals
+    def _check_params(self, step: int, meta: dict) -> None:
+        if self._param_meta is None:
+            self._param_meta = meta
+            return
+        old = self._param_meta
+        if set(old) != set(meta):
+            missing = sorted(set(old) - set(meta))
+            extra = sorted(set(meta) - set(old))
+            raise ShapeMismatchError(
+                f"parameters changed at step {step} in {self.path!s}: "
+                f"missing {missing}, unexpected {extra}"
+            )
+        for name, (shape, dtype, tdt) in meta.items():
+            oshape, odtype, otdt = old[name]
+            if shape != oshape or dtype != odtype or tdt != otdt:
+                raise ShapeMismatchError(
+                    f"parameter {name!r} at step {step} has shape {shape} and dtype "
+                    f"{tdt or dtype}; the archive {self.path!s} holds shape {oshape} and dtype "
+                    f"{otdt or odtype}"
+                )
+
+    def _put(self, item) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._writer.is_alive():
+                    self._raise_pending()
+                    raise CkptlabError(f"the writer thread of {self.path!s} stopped")
+
+    def _raise_pending(self) -> None:
+        err = self._error
+        if err is not None:
+            if isinstance(err, CkptlabError):
+                raise err
+            raise CkptlabError(
+                f"writing to {self.path!s} failed: {type(err).__name__}: {err}"
+            ) from err
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            items = [self._queue.get()]
+            # Coalesce whatever else is waiting: one batch write per drain.
+            while len(items) < fmt.MAX_STEPS_PER_CHUNK:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if items[-1] is _STOP or _STOP in items:
+                stop = True
+            batch = [it for it in items if it is not _STOP]
+            try:
+                if batch and self._error is None:
+                    self._write(batch)
+            except BaseException as exc:  # surfaced by save()/close()
+                self._error = exc
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    def _write(self, batch: list[_Item]) -> None:
+        n0, m = self._n, len(batch)
+        steps = np.array([it.step for it in batch], dtype=np.int64)
+        jobs = []  # (array key, rows): appended concurrently below
+        for name, (shape, dtype, tdt) in self._param_meta.items():
+            key = f"{fmt.PARAMS}/{name}"
+            if key not in self._handles:
+                self._handles[key] = self._root[fmt.PARAMS].create_array(
+                    name,
+                    shape=(0,) + shape,
+                    dtype=dtype,
+                    chunks=(fmt.steps_per_chunk(dtype.itemsize * math.prod(shape)),) + shape,
+                    dimension_names=[fmt.STEP] + [f"{name}_{i}" for i in range(len(shape))],
+                    fill_value=0,
+                    config={"write_empty_chunks": True},
+                    attributes={"torch_dtype": tdt} if tdt else {},
+                    **fmt.trajectory_codecs(len(shape) + 1, dtype.itemsize),
+                )
+                self._tails[key] = np.empty((0,) + shape, dtype)
+            jobs.append((key, np.stack([it.params[name] for it in batch])))
+        prefix = fmt.METRICS + "/"
+        known = {k[len(prefix) :] for k in self._handles if k.startswith(prefix)}
+        for name in sorted((set().union(*(it.metrics for it in batch)) | known) - {fmt.STEP}):
+            if prefix + name not in self._handles:
+                self._new_scalar(fmt.METRICS, name, np.float64, n0, fill=np.nan)
+            vals = np.array([it.metrics.get(name, np.nan) for it in batch], dtype=np.float64)
+            jobs.append((prefix + name, vals))
+        for g in (fmt.PARAMS, fmt.METRICS):
+            if f"{g}/{fmt.STEP}" not in self._handles:
+                self._new_scalar(g, fmt.STEP, np.int64, n0, fill=0)
+            jobs.append((f"{g}/{fmt.STEP}", steps))
+        # One trip through zarr's event loop for every array of the batch: the writes of
+        # different arrays overlap instead of paying the sync round trip one by one.
+        sync(_gather([self._append(key, rows, n0) for key, rows in jobs]))
+
+        slot = self._slot
+        with_state = [it for it in batch if it.state is not None]
+        if with_state:
+            newest = with_state[-1]
+            slot = f"step{newest.step}"
+            self._write_state(slot, newest.state)
+        header = fmt.read_header(self._root)
+        header["commit"] = {"n": n0 + m, "last_step": int(steps[-1]), "state_slot": slot}
+        self._root.attrs[fmt.ATTR_KEY] = header  # the commit: one atomic metadata write
+        if slot != self._slot and self._slot is not None:
+            try:
+                del self._root[f"{fmt.STATE}/{self._slot}"]
+            except KeyError:
+                pass
+        self._slot = slot
+        self._n = n0 + m
+
+    def _new_scalar(self, group: str, name: str, dtype, n0: int, *, fill) -> None:
+        dtype = np.dtype(dtype)
+        arr = self._root[group].create_array(
+            name,
+            shape=(n0,),
+            dtype=dtype,
+            chunks=(fmt.steps_per_chunk(dtype.itemsize) * 16,),
+            dimension_names=[fmt.STEP],
+            fill_value=fill,
+            config={"write_empty_chunks": True},
+            **fmt.trajectory_codecs(1, dtype.itemsize),
+        )
+        c = arr.chunks[0]
+        start = (n0 // c) * c
+        if start:  # earlier rows: written explicitly so no chunk of a committed row is missing
+            arr[:start] = np.full(start, fill, dtype)
+        self._handles[f"{group}/{name}"] = arr
+        self._tails[f"{group}/{name}"] = np.full(n0 - start, fill, dtype)
+
+    async def _append(self, key: str, values: np.ndarray, n0: int) -> None:
+        """Write rows n0.. of array ``key``, rewriting the partial tail chunk whole."""
+        arr = self._handles[key]._async_array  # zarr's async handle; resize updates it in place
+        c = arr.chunks[0]
+        start = (n0 // c) * c
+        tail = self._tails[key]
+        rows = np.concatenate([tail, values]) if len(tail) else values
+        new_n = n0 + len(values)
+        await arr.resize((new_n,) + tuple(arr.shape[1:]))
+        # From a chunk boundary to the end of the array: zarr sees whole chunks and never has
+        # to read one back.
+        await arr.setitem(slice(start, new_n), rows)
+        tail_start = (new_n // c) * c
+        self._tails[key] = rows[tail_start - start :].copy()
+
+    def _write_state(self, slot: str, snap) -> None:
+        """Write resume state as one byte array plus a JSON index (two writes, not dozens)."""
+        skeleton, arrays = snap
+        index, parts, offset = {}, [], 0
+        for name, a in arrays.items():
+            b = np.asarray(a, order="C").reshape(-1).view(np.uint8)
+            index[name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+            parts.append(b)
+            offset += b.size
+        blob = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+        z = self._root[fmt.STATE].create_array(
+            slot,
+            shape=blob.shape,
+            dtype=np.uint8,
+            chunks=(max(1, blob.size),),
+            dimension_names=["byte"],
+            fill_value=0,
+            config={"write_empty_chunks": True},
+            attributes={"skeleton": skeleton, "index": index},
+            overwrite=True,
+            **fmt.plain_codecs(1),
+        )
+        z[...] = blob

@@ -78,3 +78,54 @@ def info(path, as_json):
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+
+
+# ---------------------------------------------------------------------------------- training
+@cli.command(context_settings=CONTEXT)
+def presets():
+    """List the training presets, one line each."""
+    from trainers.presets import PRESETS
+
+    width = max(map(len, PRESETS))
+    for name, (desc, _) in PRESETS.items():
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("preset", required=False)
+@click.option("--out", "-o", required=True, help="Archive to write (directory or fsspec URL).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config field (JSON value), e.g. --set steps=5000 --set model_args.widths=[64].",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with MNIST IDX files.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run at --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing archive at --out.")
+@click.option("--show-config", is_flag=True, help="Print the final config as JSON and exit.")
+def train(preset, out, overrides, data_dir, resume, overwrite, show_config):
+    """Train PRESET (see `ckptlab presets`) and checkpoint it densely to --out."""
+    from trainers import apply_overrides, get_preset, train as run_training
+
+    if resume:
+        if preset or overrides or data_dir:
+            raise click.UsageError("--resume takes its config from the archive: drop PRESET/--set")
+        result = run_training(None, out, resume=True)
+    else:
+        if not preset:
+            raise click.UsageError("PRESET is required (see `ckptlab presets`)")
+        cfg = get_preset(preset)
+        if data_dir:
+            overrides = (*overrides, f"task_args.data_dir={json.dumps(str(data_dir))}")
+        elif preset == "omnigrok-mnist":
+            raise click.UsageError("preset 'omnigrok-mnist' needs --data-dir with the MNIST IDX files")
+        cfg = apply_overrides(cfg, overrides)
+        if show_config:
+            click.echo(json.dumps(cfg.to_dict(), indent=2))
+            return
+        result = run_training(cfg, out, overwrite=overwrite)
+    f = result.final
+    click.echo(
+        f"{result.path}: {result.checkpoints} checkpoints over {result.steps} steps in "
+        f"{result.seconds:.1f} s; final train acc {f.get('train_acc', float('nan')):.3f}, "
+        f"test acc {f.get('test_acc', float('nan')):.3f}"
+    )

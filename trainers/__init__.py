@@ -1,0 +1,8 @@
+"""Tasks and minimal training loops that write run archives through :mod:`ckptlab.store`."""
+
+from .config import TrainConfig, apply_overrides, checkpoint_steps
+from .loop import TrainResult, train
+from .presets import PRESETS, get_preset
+
+__all__ = ["TrainConfig", "apply_overrides", "checkpoint_steps", "train", "TrainResult",
+           "PRESETS", "get_preset"]

@@ -153,8 +153,8 @@ class Recorder:
         else:
             if fmt.exists(path) and mode == "w-":
                 raise ArchiveExistsError(
-                    f"an archive already exists at {path!s}: pass mode='w' to replace it or "
-                    "mode='a' to append to it"
+                    f"an archive already exists at {path!s}: replace it (mode='w', ckptlab train "
+                    "--overwrite) or append to it (mode='a', ckptlab train --resume)"
                 )
             header = {
                 "format_version": fmt.FORMAT_VERSION,

@@ -1,0 +1,135 @@
+"""Training configuration: one typed dataclass, a comment per field saying why its default is so."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from ckptlab._checks import check_choice, check_float, check_int
+from ckptlab.errors import ValidationError
+
+__all__ = ["TrainConfig", "apply_overrides", "checkpoint_steps"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, JSON-able, recorded in the archive so a run can be resumed."""
+
+    # --- data -------------------------------------------------------------------------
+    task: str = "modular"  # a name from trainers.tasks.TASKS
+    task_args: dict = field(default_factory=dict)  # passed to the task builder (p, op, ...)
+    label_noise: float = 0.0  # fraction of training labels reassigned (epoch-wise double descent)
+    # --- model ------------------------------------------------------------------------
+    model: str = "mlp"  # a name from ckptlab.models.MODEL_REGISTRY
+    model_args: dict = field(default_factory=dict)  # input/output sizes are filled from the task
+    # --- optimisation -----------------------------------------------------------------
+    optimizer: str = "adamw"  # "adamw" (every setting in the spec) or "sgd"
+    lr: float = 1e-3  # the grokking papers' AdamW learning rate
+    weight_decay: float = 0.0  # the two-phase paper uses none; grokking presets set their own
+    betas: tuple = (0.9, 0.98)  # beta2 0.98 as in Power et al. / Nanda et al. grokking runs
+    momentum: float = 0.0  # SGD only
+    loss: str = "cross_entropy"  # or "mse" against one-hot targets (Omnigrok)
+    batch_size: int = 0  # 0 = full batch: deterministic, and the usual grokking set-up
+    steps: int = 10_000  # optimizer updates; checkpoint `steps` is the final model
+    dtype: str = "float32"  # "float64" for numerically delicate analyses
+    device: str = "cpu"  # "cuda" for the GPU presets
+    seed: int = 0  # model init, data split and minibatch order all derive from it
+    # --- checkpoints ------------------------------------------------------------------
+    ckpt_per_decade: int = 40  # log-spaced: transitions unfold over decades of steps
+    ckpt_dense_until: int = 20  # every step up to here (the first steps move the most)
+    ckpt_every: int = 0  # also every N steps (0 = off); merged with the log schedule
+
+    def validate(self) -> TrainConfig:
+        """Check every field; return self. Raises ValidationError naming the field."""
+        check_float("label_noise", self.label_noise, min=0.0, max=1.0, max_inclusive=False)
+        check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
+        check_float("lr", self.lr, min=0.0, min_inclusive=False)
+        check_float("weight_decay", self.weight_decay, min=0.0)
+        if (
+            not isinstance(self.betas, (list, tuple))
+            or len(self.betas) != 2
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)
+        ):
+            raise ValidationError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+        check_float("momentum", self.momentum, min=0.0, max=1.0, max_inclusive=False)
+        check_choice("loss", self.loss, ("cross_entropy", "mse"))
+        check_int("batch_size", self.batch_size, min=0)
+        check_int("steps", self.steps, min=1)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("device", self.device, ("cpu", "cuda"))
+        check_int("seed", self.seed, min=0)
+        check_int("ckpt_per_decade", self.ckpt_per_decade, min=0)
+        check_int("ckpt_dense_until", self.ckpt_dense_until, min=0)
+        check_int("ckpt_every", self.ckpt_every, min=0)
+        for name in ("task_args", "model_args"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValidationError(f"{name} must be a dict, got {getattr(self, name)!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValidationError(
+                f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        return cls(**d).validate()
+
+
+def checkpoint_steps(steps: int, *, per_decade: int, dense_until: int, every: int) -> list[int]:
+    """The steps at which to checkpoint: always 0 and ``steps``, plus the three schedules.
+
+    ``per_decade`` points per decade on a log axis (rounded to integers and deduplicated),
+    every step up to ``dense_until``, and every ``every`` steps.
+    """
+    out = {0, steps}
+    out.update(range(0, min(dense_until, steps) + 1))
+    if every:
+        out.update(range(0, steps + 1, every))
+    if per_decade and steps >= 1:
+        n = int(math.ceil(math.log10(steps) * per_decade)) + 1
+        out.update(int(round(10 ** (i / per_decade))) for i in range(n))
+    return sorted(s for s in out if 0 <= s <= steps)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides) -> TrainConfig:
+    """Apply ``key=value`` strings; values are JSON (``[64,64]``, ``true``, ``1e-3``) or text.
+
+    Dotted keys reach into dict fields: ``model_args.widths=[128]``, ``task_args.p=59``.
+    """
+    d = cfg.to_dict()
+    names = set(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ValidationError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        value = _parse_value(text)
+        head, _, sub = key.partition(".")
+        if head not in names:
+            raise ValidationError(
+                f"--set: unknown config key {head!r}; known: {', '.join(sorted(names))}"
+            )
+        if sub:
+            if not isinstance(d[head], dict):
+                raise ValidationError(f"--set: {head!r} is not a dict, cannot set {key!r}")
+            d[head] = {**d[head], sub: value}
+        else:
+            d[head] = value
+    return TrainConfig.from_dict(d)

@@ -1,0 +1,283 @@
+"""The training loop: one readable function, small named helpers (nanoGPT style).
+
+``train(cfg, out)`` builds the task and the model, then runs the optimizer for ``cfg.steps``
+updates, saving a checkpoint (parameters, train/test loss and accuracy, learning rate, wall
+time, optimizer and RNG state) at every step of the schedule through :class:`ckptlab.Recorder`.
+Step ``s`` is the model after ``s`` updates: step 0 is the initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ckptlab.errors import CkptlabError, TrainingDivergedError, ValidationError
+from ckptlab.models import build_model
+from ckptlab.store import Recorder, Run
+
+from .config import TrainConfig, checkpoint_steps
+from .tasks import TaskData, make_task
+
+__all__ = ["train", "TrainResult", "build_task", "model_spec_for"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    path: str
+    steps: int
+    checkpoints: int
+    seconds: float
+    final: dict  # the metrics at the last checkpoint
+
+
+def build_task(cfg: TrainConfig) -> TaskData:
+    """The task of ``cfg`` (label noise applied), built from its name and arguments."""
+    kwargs = dict(cfg.task_args)
+    if cfg.label_noise:
+        kwargs["label_noise"] = {"fraction": cfg.label_noise, "seed": cfg.seed}
+    kwargs.setdefault("seed", cfg.seed)
+    return make_task(cfg.task, **kwargs)
+
+
+def model_spec_for(cfg: TrainConfig, task: TaskData) -> dict:
+    """The model spec: the preset's arguments plus the sizes the task dictates."""
+    kw = dict(cfg.model_args)
+    kw.setdefault("n_classes", task.n_classes)
+    if task.input_kind == "tokens":
+        kw.setdefault("vocab_size", task.vocab_size)
+        kw.setdefault("n_tokens", int(task.x_train.shape[1]))
+    elif cfg.model == "transformer":
+        raise ValidationError(
+            f"model 'transformer' needs a token task; task {cfg.task!r} has continuous inputs"
+        )
+    else:
+        kw.setdefault("in_dim", int(np.prod(task.x_train.shape[1:])))
+    return {"name": cfg.model, "kwargs": kw}
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValidationError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(cfg.device)
+
+
+def _tensors(task: TaskData, dtype: torch.dtype, device: torch.device):
+    def x(a):
+        t = torch.from_numpy(np.asarray(a))
+        return t.to(device) if task.input_kind == "tokens" else t.to(device, dtype)
+
+    def y(a):
+        return torch.from_numpy(np.asarray(a)).long().to(device)
+
+    return x(task.x_train), y(task.y_train), x(task.x_test), y(task.y_test)
+
+
+def _loss(cfg: TrainConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if cfg.loss == "mse":  # Omnigrok: MSE against one-hot targets, mean over all entries
+        return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
+    return F.cross_entropy(logits, y)
+
+
+@torch.no_grad()
+def evaluate(cfg, model, x, y, *, chunk: int = 65536) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on (x, y), in chunks to bound memory."""
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(x), chunk):
+        logits = model(x[i : i + chunk])
+        yy = y[i : i + chunk]
+        total_loss += _loss(cfg, logits, yy).item() * len(yy)
+        correct += (logits.argmax(1) == yy).sum().item()
+    return total_loss / len(x), correct / len(x)
+
+
+def _optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
+    )
+
+
+def get_batch(cfg, x, y, gen: torch.Generator):
+    """Full batch, or a minibatch drawn with the run's own generator (resumable)."""
+    if not cfg.batch_size or cfg.batch_size >= len(x):
+        return x, y
+    idx = torch.randint(len(x), (cfg.batch_size,), generator=gen).to(x.device)
+    return x[idx], y[idx]
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise (logs, CI, tests)."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.t0, self.last = total, time.perf_counter(), 0.0
+
+    def update(self, step: int, metrics: dict, *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.2 and not force):
+            return
+        self.last = now
+        rate = step / max(now - self.t0, 1e-9)
+        sys.stderr.write(
+            f"\rstep {step:>{len(str(self.total))}}/{self.total} | {rate:7.0f} steps/s | "
+            f"train acc {metrics.get('train_acc', float('nan')):.3f} | "
+            f"test acc {metrics.get('test_acc', float('nan')):.3f}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def train(
+    cfg: TrainConfig,
+    out,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``cfg`` and record every checkpoint of the schedule to the archive ``out``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The run's configuration (validated here).
+    out : str or path-like
+        Archive path or URL.
+    resume : bool, default False
+        Continue the interrupted run at ``out`` from its newest checkpoint. The configuration
+        is read from the archive (``cfg`` is ignored). On CPU the resumed run ends
+        bit-identical to an uninterrupted one.
+    overwrite : bool, default False
+        Replace an existing archive at ``out``.
+    progress : bool, optional
+        Show a progress bar; by default only when stderr is a terminal.
+
+    Raises
+    ------
+    ArchiveExistsError
+        ``out`` exists and neither ``resume`` nor ``overwrite`` is set.
+    TrainingDivergedError
+        The training loss became NaN or infinite; every checkpoint before is kept.
+    """
+    if resume and overwrite:
+        raise ValidationError("resume and overwrite exclude each other: choose one")
+    start_step = 0
+    if resume:
+        run = Run(out)
+        cfg = TrainConfig.from_dict(run.config)
+        state = run.training_state()
+        if state is None or run.n == 0:
+            raise CkptlabError(f"{out!s} holds no resumable state: it cannot be resumed")
+        start_step = int(state["step"])
+        if start_step != int(run.steps[-1]):
+            raise CkptlabError(
+                f"{out!s}: training state is for step {start_step} but the newest checkpoint "
+                f"is step {int(run.steps[-1])}"
+            )
+    cfg.validate()
+    device = _device(cfg)
+    dtype = getattr(torch, cfg.dtype)
+    task = build_task(cfg)
+    spec = model_spec_for(cfg, task)
+    model = build_model(spec, seed=cfg.seed).to(device=device, dtype=dtype)
+    opt = _optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if resume:
+        model.load_state_dict({k: v.to(device) for k, v in run.state_dict(-1).items()})
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+    x_tr, y_tr, x_te, y_te = _tensors(task, dtype, device)
+    schedule = checkpoint_steps(
+        cfg.steps,
+        per_decade=cfg.ckpt_per_decade,
+        dense_until=cfg.ckpt_dense_until,
+        every=cfg.ckpt_every,
+    )
+    schedule = [s for s in schedule if s > start_step or (s == 0 and not resume)]
+    data = {
+        "x_train": task.x_train,
+        "y_train": task.y_train,
+        "x_test": task.x_test,
+        "y_test": task.y_test,
+    }
+    rec = Recorder(
+        out,
+        model_spec=spec,
+        data=None if resume else data,
+        config=cfg.to_dict(),
+        task={"name": task.name, "params": task.params, "n_classes": task.n_classes,
+              "input_kind": task.input_kind, "vocab_size": task.vocab_size},
+        seed=cfg.seed,
+        mode="a" if resume else ("w" if overwrite else "w-"),
+    )
+    bar = _Progress(cfg.steps, progress)
+    t0 = time.perf_counter()
+    wall0 = 0.0
+    if resume:
+        wall0 = float(run.metrics().get("wall_time", np.array([0.0]))[-1])
+    metrics: dict = {}
+    next_ckpt = 0
+    try:
+        model.train()
+        for step in range(start_step, cfg.steps + 1):
+            if next_ckpt < len(schedule) and step == schedule[next_ckpt]:
+                next_ckpt += 1
+                tr_loss, tr_acc = evaluate(cfg, model, x_tr, y_tr)
+                te_loss, te_acc = evaluate(cfg, model, x_te, y_te)
+                metrics = {
+                    "train_loss": tr_loss,
+                    "train_acc": tr_acc,
+                    "test_loss": te_loss,
+                    "test_acc": te_acc,
+                    "lr": opt.param_groups[0]["lr"],
+                    "wall_time": wall0 + time.perf_counter() - t0,
+                }
+                if not math.isfinite(tr_loss):
+                    raise TrainingDivergedError(
+                        f"training diverged at step {step}: train loss is {tr_loss}; the "
+                        f"checkpoints before it are kept in {out!s}"
+                    )
+                rec.save(
+                    step,
+                    model,
+                    metrics=metrics,
+                    optimizer=opt,
+                    state={"step": step, "generator": gen.get_state()},
+                )
+                bar.update(step, metrics, force=step == cfg.steps)
+            if step == cfg.steps:
+                break
+            xb, yb = get_batch(cfg, x_tr, y_tr, gen)
+            loss = _loss(cfg, model(xb), yb)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"training diverged at step {step}: train loss is {loss.item()}; the "
+                    f"checkpoints before it are kept in {out!s}"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        bar.close()
+        rec.close()
+    return TrainResult(
+        path=str(out),
+        steps=cfg.steps,
+        checkpoints=rec.n_committed,
+        seconds=time.perf_counter() - t0,
+        final=metrics,
+    )

@@ -1,0 +1,610 @@
+"""Segment a training run into phases from its analysis Dataset.
+
+Everything here works on log10(step): the phenomena under study (fitting, compression,
+grokking, double descent) unfold over decades of steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from .._checks import check_float, check_int
+from ..errors import ValidationError
+from . import events as ev
+from .events import Curve, make_curve
+from .smoothing import smooth_log
+
+__all__ = ["segment", "EVENT_TYPES", "PHASES", "DEFAULT_CHANGE_POINT_VARS", "separation_matrix"]
+
+#: Every kind of event ``segment`` reports, in reporting order. Per-layer (or per-split) kinds
+#: are flattened into names such as ``mi_peak[binning,hidden0]``.
+EVENT_TYPES = (
+    "fit_end",
+    "test_loss_first_min",
+    "test_loss_peak",
+    "second_descent_start",
+    "generalisation_onset",
+    "generalisation_end",
+    "mi_peak",
+    "plane_settled",
+    "lc_peak",
+    "lmn_peak",
+)
+
+#: Phase labels, in their order in time. "unknown" only when nothing tells where fitting ends.
+PHASES = ("fitting", "compression", "converged", "unknown")
+
+#: Curves searched for change points by default.
+DEFAULT_CHANGE_POINT_VARS = ("train_loss", "test_loss", "train_acc", "test_acc", "mi_xt",
+                             "mi_ty", "lc_total", "lmn", "weight_norm")
+
+_KNOWN_VARS = {
+    "train_loss", "test_loss", "train_acc", "test_acc", "mi_xt", "mi_ty", "lc", "lc_std",
+    "lc_total", "lc_total_std", "lmn", "weight_norm", "frobenius_norm", "spectral_norm",
+    "stable_rank", "effective_rank", "rep_effective_rank",
+}
+
+_LOG_STEP_RULE = (
+    "searches run on log10(step) over the checkpoints with step > 0; step 0 is dropped rather "
+    "than shifted to log10(step + 1), which would squeeze the first decade (step 1 -> 0.30) "
+    "and move early events; for the phase labels step 0 lies before every event"
+)
+
+
+def segment(
+    ds: xr.Dataset,
+    *,
+    fit_threshold: float = 0.99,
+    level_fraction: float = 0.95,
+    generalisation_fraction: float = 0.9,
+    end_fraction: float = 0.99,
+    descent_fraction: float = 0.1,
+    smooth: float = 0.1,
+    snr: float = 3.0,
+    settle_tol: float = 0.05,
+    min_settled_decades: float = 0.25,
+    penalty: float = 3.0,
+    cp_per_decade: int = 10,
+    tolerance_decades: float = 0.5,
+    align_events: Sequence[str] = ("fit_end", "mi_peak", "test_loss_peak"),
+    change_point_vars: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """Locate events, phases and change points of a training run, on log10(step).
+
+    Every curve is smoothed on log10(step) (``smooth``), its noise level estimated from the
+    residuals, and only changes larger than ``snr`` times that noise count. An event that does
+    not happen is NaN with the reason in ``event_note``; absent variables give NaN events,
+    never an exception.
+
+    Events (steps, float):
+
+    - ``fit_end``: train accuracy first reaches ``fit_threshold`` and train loss has completed
+      ``level_fraction`` of its total fall (the later of the two; either alone if only one is
+      present).
+    - ``test_loss_first_min``, ``test_loss_peak``, ``second_descent_start``: epoch-wise double
+      descent. The peak is the most prominent interior local maximum of the smoothed test
+      loss; the first minimum the lowest point before it (if the loss fell to get there); the
+      second descent starts where the loss has fallen ``descent_fraction`` of the way from
+      the peak to its later minimum (just after a sharp peak; at the end of a plateau).
+    - ``generalisation_onset``, ``generalisation_end``: test accuracy first reaches
+      a0 + f * (a1 - a0) with a0, a1 its smoothed first and last values and f
+      ``generalisation_fraction`` resp. ``end_fraction`` (relative to the rise, not to zero,
+      so that chance level does not count as generalisation).
+    - ``mi_peak[estimator,layer]``: the rightmost point of the information plane, the maximum
+      of smoothed I(X;T), when it is reached by a rise and followed by a fall.
+    - ``plane_settled[estimator]``: the information-plane trajectory of all layers (I(X;T) and,
+      if present, I(T;Y), in bits) stays within ``settle_tol`` times its largest distance from
+      its final point (a settling time); NaN if that happens only in the last
+      ``min_settled_decades``.
+    - ``lc_peak[split,radius]`` (total local complexity; summed from ``lc`` if ``lc_total`` is
+      absent) and ``lmn_peak``: the most prominent interior local maximum.
+
+    Phases (label per step): ``fitting`` before the compression start, ``compression`` up to
+    the converged start, ``converged`` after. Compression starts at ``fit_end``; if the run has
+    no train curves, at the median of the ``mi_peak`` events; if train curves exist but never
+    fit, the whole run is ``fitting``; with no information at all, ``unknown``. Converged
+    starts at the latest of ``generalisation_end`` and the median of ``plane_settled`` (never
+    before the compression start); without either, there is no ``converged`` phase.
+
+    Change points: for each curve of ``change_point_vars``, PELT (ruptures, model "l2") on the
+    smoothed curve resampled to ``cp_per_decade`` points per decade of log10(step), with
+    penalty ``pen = penalty * log(n) * var(curve)`` (BIC-like, in the curve's own scale so that
+    the number of change points does not depend on units); curves whose total change is below
+    the noise threshold get none.
+
+    Alignment: ``separation[event, event_b] = |log10 s_a - log10 s_b|`` in decades; the run's
+    time scales align when the events matched by ``align_events`` that happened lie within
+    ``tolerance_decades`` of each other (spread = largest pairwise separation).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Analysis Dataset with a ``step`` dimension; any of ``train_loss``, ``test_loss``,
+        ``train_acc``, ``test_acc``, ``mi_xt``, ``mi_ty``, ``lc``, ``lc_total``, ``lmn``,
+        ``weight_norm`` may be present.
+    fit_threshold : float, default 0.99
+        Train accuracy that counts as fitted, in (0, 1].
+    level_fraction : float, default 0.95
+        Fraction of its total fall after which train loss counts as levelled off, in (0, 1].
+    generalisation_fraction : float, default 0.9
+        Fraction of the test-accuracy rise that marks ``generalisation_onset``, in (0, 1).
+    end_fraction : float, default 0.99
+        Fraction of the test-accuracy rise that marks ``generalisation_end``, in
+        [``generalisation_fraction``, 1].
+    descent_fraction : float, default 0.1
+        Fraction of the post-peak drop of test loss that marks ``second_descent_start``, in
+        (0, 1).
+    smooth : float, default 0.1
+        Smoothing scale in decades of step: running median over +-smooth, then Gaussian
+        local-linear regression with this standard deviation (both widened where checkpoints
+        are sparser than 5 per window). 0 disables smoothing.
+    snr : float, default 3.0
+        A rise, fall or peak counts only if larger than ``snr`` times the curve's robust noise
+        standard deviation (1.4826 x MAD of the residuals from the smoothed curve).
+    settle_tol : float, default 0.05
+        Tolerance band of ``plane_settled``, relative to the trajectory's extent, in (0, 1).
+    min_settled_decades : float, default 0.25
+        The settled stretch must last at least this many decades before the last checkpoint.
+    penalty : float, default 3.0
+        The constant c of the change-point penalty c * log(n) * variance, > 0.
+    cp_per_decade : int, default 10
+        Resampling density of the change-point search, points per decade (>= 2).
+    tolerance_decades : float, default 0.5
+        Largest spread, in decades, for the alignment events to count as aligned, > 0.
+    align_events : sequence of str, default ("fit_end", "mi_peak", "test_loss_peak")
+        Events whose alignment is tested: an event type (all its per-layer events) or a full
+        event name such as ``"mi_peak[binning,hidden0]"``.
+    change_point_vars : sequence of str, optional
+        Variables searched for change points; default ``DEFAULT_CHANGE_POINT_VARS``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions ``event``, ``event_b``, ``step``, ``boundary``, ``curve``, ``cp``:
+
+        - ``event_step`` (event): the step of each event, NaN if it did not happen;
+          ``event_log10_step`` its log10; ``event_note`` (event) the reason or how it was found;
+          coordinate ``event_type`` (event) its kind (e.g. ``mi_peak``).
+        - ``phase`` (step): "fitting", "compression", "converged" (or "unknown").
+        - ``boundary_step`` (boundary): steps where compression and converged phases start.
+        - ``separation`` (event, event_b): separations in decades (NaN where either is NaN).
+        - ``aligned`` (bool), ``alignment_spread`` (decades), ``alignment_n`` (int).
+        - ``change_point`` (curve, cp): change-point steps, NaN-padded; ``n_change_points`` and
+          ``change_point_penalty`` (curve).
+
+        Attrs hold every option, the rules above and ``run_name`` from ``ds``.
+
+    Raises
+    ------
+    ValidationError
+        If ``ds`` is not a Dataset with a numeric, duplicate-free ``step`` dimension, a known
+        variable lacks the ``step`` dimension, or an option is out of range.
+
+    References
+    ----------
+    de Mello Koch and Ghosh, "A Two-Phase Perspective on Deep Learning Dynamics",
+    arXiv:2504.12700 (2025). Killick, Fearnhead and Eckley, "Optimal detection of changepoints
+    with a linear computational cost", JASA 107 (2012) (PELT). Truong, Oudre and Vayatis,
+    "Selective review of offline change point detection methods", Signal Processing 167
+    (2020) (ruptures).
+    """
+    opts = _validate_options(
+        fit_threshold=fit_threshold, level_fraction=level_fraction,
+        generalisation_fraction=generalisation_fraction, end_fraction=end_fraction,
+        descent_fraction=descent_fraction, smooth=smooth, snr=snr, settle_tol=settle_tol,
+        min_settled_decades=min_settled_decades, penalty=penalty, cp_per_decade=cp_per_decade,
+        tolerance_decades=tolerance_decades, align_events=align_events,
+        change_point_vars=change_point_vars,
+    )
+    ds = _validate_dataset(ds)
+
+    steps = ds["step"].values.astype(float)
+    positive = steps > 0
+    logstep = np.log10(steps[positive])
+    found, fit_data = _detect_events(ds, positive, logstep, opts)
+
+    names = np.array([f[0] for f in found], dtype=str)
+    kinds = np.array([f[1] for f in found], dtype=str)
+    logs = np.array([f[2] for f in found], dtype=float)
+    notes = np.array([f[3] for f in found], dtype=str)
+
+    out = xr.Dataset(coords={
+        "step": ds["step"].values,
+        "event": names,
+        "event_b": names,
+        "event_type": ("event", kinds),
+    })
+    out["event_step"] = ("event", 10.0 ** logs, {
+        "long_name": "step of the event", "units": "step",
+        "description": "NaN when the event does not happen; the reason is in event_note"})
+    out["event_log10_step"] = ("event", logs, {"long_name": "log10 of the event step",
+                                               "units": "log10(step)"})
+    out["event_note"] = ("event", notes, {"long_name": "how the event was found, or why not",
+                                          "units": ""})
+
+    # phases
+    labels, b1, b2, phase_note = _phases(steps, names, kinds, logs, fit_data)
+    out["phase"] = ("step", labels, {"long_name": "training phase", "units": "",
+                                     "rule": phase_note})
+    out = out.assign_coords(boundary=np.array(["compression_start", "converged_start"]))
+    out["boundary_step"] = ("boundary", _to_step(np.array([b1, b2])), {
+        "long_name": "step at which the phase starts", "units": "step",
+        "description": "NaN when the phase does not occur"})
+
+    # alignment
+    out["separation"] = (("event", "event_b"), separation_matrix(logs), {
+        "long_name": "separation of two events", "units": "decades",
+        "description": "|log10 step_a - log10 step_b|; NaN where either event did not happen"})
+    sel = _match_events(names, opts["align_events"])
+    aligned, spread, n_al, al_note = _alignment(names[sel], logs[sel],
+                                                opts["tolerance_decades"])
+    al_attrs = {"events": ", ".join(names[sel]), "tolerance_decades": opts["tolerance_decades"],
+                "summary": al_note}
+    out["aligned"] = ((), aligned, {"long_name": "alignment events within tolerance",
+                                    "units": "", **al_attrs})
+    out["alignment_spread"] = ((), spread, {
+        "long_name": "largest separation among alignment events", "units": "decades",
+        **al_attrs})
+    out["alignment_n"] = ((), n_al, {"long_name": "number of alignment events that happened",
+                                     "units": "count"})
+
+    # change points
+    cp_names, cp_steps, cp_pen = _change_points(ds, positive, logstep, opts)
+    width = max((len(s) for s in cp_steps), default=0)
+    cp_arr = np.full((len(cp_names), width), np.nan)
+    for i, s in enumerate(cp_steps):
+        cp_arr[i, :len(s)] = s
+    out = out.assign_coords(curve=np.array(cp_names, dtype=str), cp=np.arange(width))
+    cp_rule = (f"ruptures PELT, model 'l2', min_size 0.2 decade, on the smoothed curve resampled "
+               f"to {opts['cp_per_decade']} points per decade of log10(step); penalty = "
+               f"{opts['penalty']:g} * log(n) * var(resampled curve); change points whose "
+               f"neighbouring segment means differ by <= snr x noise sd are dropped (weakest "
+               f"first), so a curve without a real change has none")
+    out["change_point"] = (("curve", "cp"), cp_arr, {"long_name": "change point",
+                                                     "units": "step", "rule": cp_rule})
+    out["n_change_points"] = ("curve", np.array([len(s) for s in cp_steps], dtype=np.int64),
+                              {"long_name": "number of change points", "units": "count"})
+    out["change_point_penalty"] = ("curve", np.array(cp_pen, dtype=float), {
+        "long_name": "PELT penalty used", "units": "curve units squared", "rule": cp_rule})
+
+    out["step"].attrs.update({"long_name": "training step", "units": "step"})
+    out.attrs = {
+        "run_name": str(ds.attrs.get("run_name", "")),
+        "log_step_rule": _LOG_STEP_RULE,
+        "smoothing": (f"checkpoints closer than 1/200 decade pooled (median), then a running "
+                      f"median over +-{opts['smooth']:g} decades and Gaussian local-linear "
+                      f"regression with sigma {opts['smooth']:g} decades, both widened to the "
+                      f"4th nearest checkpoint where checkpoints are sparse"),
+        "significance": (f"a change counts if larger than snr={opts['snr']:g} x the robust "
+                         "noise sd (1.4826 x MAD of residuals from the smoothed curve)"),
+        "phase_rule": phase_note,
+        "change_point_rule": cp_rule,
+        "alignment_events": ", ".join(opts["align_events"]),
+        "alignment_summary": al_note,
+        **{k: v for k, v in opts.items() if isinstance(v, (int, float))},
+        "change_point_vars": ", ".join(opts["change_point_vars"]),
+    }
+    return out
+
+
+# ----------------------------------------------------------------------------- events
+
+def _detect_events(ds, positive, logstep, opts):
+    """All events as [(name, type, log10 step or NaN, note)], and whether usable train curves
+    exist (only they can tell that a run never fitted)."""
+
+    def curves(name: str) -> list[tuple[str, Curve | None]]:
+        if name not in ds:
+            return []
+        return [(label, make_curve(logstep, col[positive], smooth=opts["smooth"],
+                                   snr=opts["snr"]))
+                for label, col in _flatten(ds[name])]
+
+    def single(name: str) -> Curve | None:
+        items = curves(name)
+        return items[0][1] if items else None
+
+    found: list[tuple[str, str, float, str]] = []  # (name, type, log10 step, note)
+
+    def add(name: str, kind: str, value: float, note: str) -> None:
+        found.append((name, kind, float(value), note))
+
+    # fit_end
+    train_acc, train_loss = single("train_acc"), single("train_loss")
+    t, note = ev.fit_end(train_acc, train_loss, fit_threshold=opts["fit_threshold"],
+                         level_fraction=opts["level_fraction"])
+    short = [v for v, c in (("train_acc", train_acc), ("train_loss", train_loss))
+             if v in ds and c is None]
+    if short:
+        note += f"; {' and '.join(short)} ignored: fewer than 3 finite values at step > 0"
+    add("fit_end", "fit_end", t, note)
+    fit_data = train_acc is not None or train_loss is not None
+
+    # double descent of the test loss
+    for name, (t, note) in ev.test_loss_events(
+            single("test_loss"), descent_fraction=opts["descent_fraction"]).items():
+        add(name, name, t, note)
+
+    # generalisation
+    for name, (t, note) in ev.generalisation_events(
+            single("test_acc"), generalisation_fraction=opts["generalisation_fraction"],
+            end_fraction=opts["end_fraction"]).items():
+        add(name, name, t, note)
+
+    # information plane
+    if "mi_xt" in ds:
+        for label, c in curves("mi_xt"):
+            t, note = ev.mi_peak(c) if c is not None else (np.nan, "fewer than 3 finite points")
+            add(_name("mi_peak", label), "mi_peak", t, note)
+        for label, (t, note) in _plane_events(ds, positive, logstep, opts):
+            add(_name("plane_settled", label), "plane_settled", t, note)
+    else:
+        add("mi_peak", "mi_peak", np.nan, "mi_xt absent")
+        add("plane_settled", "plane_settled", np.nan, "mi_xt absent")
+
+    # local complexity and linear mapping number
+    lc_items, lc_source = _lc_total(ds)
+    if lc_items is None:
+        add("lc_peak", "lc_peak", np.nan, "lc_total and lc absent")
+    for label, col in lc_items or []:
+        c = make_curve(logstep, col[positive], smooth=opts["smooth"], snr=opts["snr"])
+        t, note = (ev.peak_event(c, "total local complexity") if c is not None
+                   else (np.nan, "fewer than 3 finite points"))
+        add(_name("lc_peak", label), "lc_peak", t, note + lc_source)
+    lmn = single("lmn")
+    if lmn is None:
+        add("lmn_peak", "lmn_peak", np.nan,
+            "lmn absent" if "lmn" not in ds else "fewer than 3 finite points")
+    else:
+        add("lmn_peak", "lmn_peak", *ev.peak_event(lmn, "linear mapping number"))
+    return found, fit_data
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _validate_options(**o) -> dict:
+    out = {
+        "fit_threshold": check_float("fit_threshold", o["fit_threshold"], min=0, max=1,
+                                     min_inclusive=False),
+        "level_fraction": check_float("level_fraction", o["level_fraction"], min=0, max=1,
+                                      min_inclusive=False),
+        "generalisation_fraction": check_float(
+            "generalisation_fraction", o["generalisation_fraction"], min=0, max=1,
+            min_inclusive=False, max_inclusive=False),
+        "descent_fraction": check_float("descent_fraction", o["descent_fraction"], min=0,
+                                        max=1, min_inclusive=False, max_inclusive=False),
+        "smooth": check_float("smooth", o["smooth"], min=0, max=2),
+        "snr": check_float("snr", o["snr"], min=0, min_inclusive=False),
+        "settle_tol": check_float("settle_tol", o["settle_tol"], min=0, max=1,
+                                  min_inclusive=False, max_inclusive=False),
+        "min_settled_decades": check_float("min_settled_decades", o["min_settled_decades"],
+                                           min=0),
+        "penalty": check_float("penalty", o["penalty"], min=0, min_inclusive=False),
+        "cp_per_decade": check_int("cp_per_decade", o["cp_per_decade"], min=2, max=1000),
+        "tolerance_decades": check_float("tolerance_decades", o["tolerance_decades"], min=0,
+                                         min_inclusive=False),
+    }
+    out["end_fraction"] = check_float("end_fraction", o["end_fraction"],
+                                      min=out["generalisation_fraction"], max=1)
+    out["align_events"] = _check_str_seq("align_events", o["align_events"], allow_empty=False)
+    for pattern in out["align_events"]:
+        if pattern.split("[", 1)[0] not in EVENT_TYPES:
+            raise ValidationError(
+                f"align_events entries must be an event type or event name starting with one of "
+                f"{', '.join(EVENT_TYPES)}; got {pattern!r}")
+    cpv = o["change_point_vars"]
+    out["change_point_vars"] = (DEFAULT_CHANGE_POINT_VARS if cpv is None
+                                else _check_str_seq("change_point_vars", cpv, allow_empty=True))
+    return out
+
+
+def _check_str_seq(name: str, value, *, allow_empty: bool) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(
+            isinstance(v, str) for v in value) or (not allow_empty and len(value) == 0):
+        rule = "a non-empty sequence of strings" if not allow_empty else "a sequence of strings"
+        raise ValidationError(f"{name} must be {rule}, got {value!r}")
+    return tuple(value)
+
+
+def _validate_dataset(ds) -> xr.Dataset:
+    if not isinstance(ds, xr.Dataset):
+        raise ValidationError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
+    if "step" not in ds.dims:
+        raise ValidationError(f"ds must have a 'step' dimension, has dims {tuple(ds.dims)}")
+    steps = ds["step"].values
+    if not np.issubdtype(steps.dtype, np.number) or not np.all(np.isfinite(steps)):
+        raise ValidationError(f"ds 'step' coordinate must hold finite numbers, got dtype "
+                              f"{steps.dtype}")
+    uniq, counts = np.unique(steps, return_counts=True)
+    if (counts > 1).any():
+        raise ValidationError(f"ds 'step' coordinate must not repeat a step, got duplicates "
+                              f"{uniq[counts > 1][:5].tolist()}")
+    for name in _KNOWN_VARS & set(ds.data_vars):
+        if "step" not in ds[name].dims:
+            raise ValidationError(f"variable {name!r} must have dimension 'step', has dims "
+                                  f"{ds[name].dims}")
+    if np.any(np.diff(steps) < 0):
+        ds = ds.sortby("step")
+    return ds
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def _name(base: str, label: str) -> str:
+    return f"{base}[{label}]" if label else base
+
+
+def _flatten(da: xr.DataArray) -> list[tuple[str, np.ndarray]]:
+    """Split a (step, ...) array into 1-D columns labelled "a,b" by their other coordinates."""
+    other = [d for d in da.dims if d != "step"]
+    values = np.asarray(da.transpose("step", *other).values, dtype=float)
+    values = values.reshape(da.sizes["step"], -1)
+    axes = [[_fmt(v) for v in (da[d].values if d in da.coords else range(da.sizes[d]))]
+            for d in other]
+    labels = [",".join(p) for p in itertools.product(*axes)]
+    return list(zip(labels, values.T))
+
+
+def _lc_total(ds: xr.Dataset):
+    if "lc_total" in ds:
+        return _flatten(ds["lc_total"]), ""
+    if "lc" in ds and "layer" in ds["lc"].dims:
+        return (_flatten(ds["lc"].sum("layer", skipna=False)),
+                " (lc_total absent: lc summed over layers)")
+    return None, ""
+
+
+def _plane_events(ds, positive, logstep, opts):
+    """plane_settled per estimator, from all layers' I(X;T) and (if present) I(T;Y)."""
+    parts = [ds["mi_xt"]] + ([ds["mi_ty"]] if "mi_ty" in ds else [])
+    has_est = "estimator" in ds["mi_xt"].dims
+    ests = list(ds["mi_xt"]["estimator"].values) if has_est else [None]
+    out = []
+    for est in ests:
+        cols = []
+        for da in parts:
+            if est is not None and "estimator" in da.dims:
+                da = da.sel(estimator=est)
+            cols += [c for _, c in _flatten(da)]
+        mat = np.stack(cols, axis=1)[positive]
+        ok = np.all(np.isfinite(mat), axis=1)
+        label = _fmt(est) if est is not None else ""
+        if ok.sum() < 3:
+            out.append((label, (np.nan, "fewer than 3 steps with every coordinate finite")))
+            continue
+        x = logstep[ok]
+        sm = np.stack([smooth_log(x, c, opts["smooth"]) for c in mat[ok].T], axis=1)
+        sds = np.array([ev.noise_sd(c, s) for c, s in zip(mat[ok].T, sm.T)])
+        out.append((label, ev.plane_settled(
+            x, sm, sds, snr=opts["snr"], settle_tol=opts["settle_tol"],
+            min_settled_decades=opts["min_settled_decades"])))
+    return out
+
+
+def _phases(steps, names, kinds, logs, fit_data):
+    """Phase label per step from the events (rule in the returned note)."""
+    fit = logs[names == "fit_end"][0]
+    mi = logs[(kinds == "mi_peak") & np.isfinite(logs)]
+    if np.isfinite(fit):
+        b1, src1 = fit, "fit_end"
+    elif fit_data:
+        b1, src1 = math.inf, "never (train curves present but the run does not fit)"
+    elif mi.size:
+        b1, src1 = float(np.median(mi)), "median of mi_peak (no train curves)"
+    else:
+        b1, src1 = math.nan, "unknown (no train curves and no mi_peak)"
+    ends = logs[(names == "generalisation_end") & np.isfinite(logs)].tolist()
+    settled = logs[(kinds == "plane_settled") & np.isfinite(logs)]
+    if settled.size:
+        ends.append(float(np.median(settled)))
+    if ends:
+        b2, src2 = max(max(ends), b1), "latest of generalisation_end and median plane_settled"
+    else:
+        b2, src2 = math.inf, "never (no generalisation_end and no plane_settled)"
+    with np.errstate(divide="ignore"):
+        ls = np.where(steps > 0, np.log10(np.where(steps > 0, steps, 1.0)), -np.inf)
+    if math.isnan(b1):
+        labels = np.full(len(steps), "unknown", dtype=object)
+    else:
+        labels = np.where(ls < b1, "fitting", np.where(ls < b2, "compression", "converged"))
+    note = (f"fitting before the compression start, compression before the converged start, "
+            f"converged after; compression starts at {src1}; converged starts at {src2} "
+            f"(never before the compression start)")
+    return np.asarray(labels, dtype=str), b1, b2, note
+
+
+def _to_step(logs: np.ndarray) -> np.ndarray:
+    out = 10.0 ** np.where(np.isfinite(logs), logs, np.nan)
+    return out
+
+
+def separation_matrix(logs: np.ndarray) -> np.ndarray:
+    """|log10 s_a - log10 s_b| for every pair (NaN where either is NaN)."""
+    logs = np.asarray(logs, float)
+    return np.abs(logs[:, None] - logs[None, :])
+
+
+def _match_events(names: np.ndarray, patterns: Sequence[str]) -> np.ndarray:
+    sel = np.zeros(len(names), bool)
+    for p in patterns:
+        sel |= np.array([n == p or n.startswith(p + "[") for n in names], bool)
+    return sel
+
+
+def _alignment(names, logs, tol):
+    ok = np.isfinite(logs)
+    missing = [n for n, o in zip(names, ok) if not o]
+    miss = f"; did not happen: {', '.join(missing)}" if missing else ""
+    if ok.sum() < 2:
+        return (False, np.nan, int(ok.sum()),
+                f"undetermined: only {int(ok.sum())} of the alignment events happened{miss}")
+    spread = float(logs[ok].max() - logs[ok].min())
+    aligned = spread <= tol
+    verdict = "aligned" if aligned else "not aligned"
+    return (aligned, spread, int(ok.sum()),
+            f"{verdict}: {int(ok.sum())} events span {spread:.2f} decades "
+            f"({'<=' if aligned else '>'} tolerance {tol:g}){miss}")
+
+
+def _change_points(ds, positive, logstep, opts):
+    names, steps, pens = [], [], []
+    per = opts["cp_per_decade"]
+    min_size = max(2, int(round(0.2 * per)))
+    for var in opts["change_point_vars"]:
+        if var not in ds or "step" not in ds[var].dims:
+            continue
+        for label, col in _flatten(ds[var]):
+            names.append(_name(var, label))
+            c = make_curve(logstep, col[positive], smooth=opts["smooth"], snr=opts["snr"])
+            if c is None or np.ptp(c.ys) <= c.threshold:
+                steps.append([])
+                pens.append(np.nan)
+                continue
+            n = int(math.floor((c.x[-1] - c.x[0]) * per)) + 1
+            if n < 2 * min_size + 1:
+                steps.append([])
+                pens.append(np.nan)
+                continue
+            grid = c.x[0] + np.arange(n) / per
+            sig = np.interp(grid, c.x, c.ys)
+            pen = opts["penalty"] * math.log(n) * float(np.var(sig))
+            bkps = _prune(sig, _pelt(sig, pen, min_size), c.threshold)
+            steps.append([10.0 ** (0.5 * (grid[b - 1] + grid[b])) for b in bkps[:-1]])
+            pens.append(pen)
+    return names, steps, pens
+
+
+def _prune(signal: np.ndarray, bkps: list[int], threshold: float) -> list[int]:
+    """Drop change points whose neighbouring segment means differ by <= threshold.
+
+    PELT on a smoothed curve happily splits slow noise wiggles; a change point must separate
+    levels that differ by more than the curve's noise threshold. The weakest one goes first,
+    then the means are recomputed, so merging never hides a real step.
+    """
+    bkps = list(bkps)
+    while len(bkps) > 1:
+        edges = [0] + bkps
+        means = [signal[a:b].mean() for a, b in zip(edges[:-1], edges[1:])]
+        jumps = np.abs(np.diff(means))
+        k = int(np.argmin(jumps))
+        if jumps[k] > threshold:
+            break
+        del bkps[k]
+    return bkps
+
+
+def _pelt(signal: np.ndarray, pen: float, min_size: int) -> list[int]:
+    import ruptures as rpt  # imported here: it costs ~0.5 s and only change points need it
+
+    return rpt.Pelt(model="l2", min_size=min_size, jump=1).fit(signal).predict(pen=pen)

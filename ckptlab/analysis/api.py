@@ -477,7 +477,7 @@ class _Runner:
 
             futures = self.client.compute(list(tasks.values()))
             keys = {f.key: k for f, k in zip(futures, tasks)}
-            for fut, res in as_completed(futures, with_results=True):
+            for fut, res in as_completed(futures, with_results=True, loop=self.client.loop):
                 accept(*spans[keys[fut.key]], res)
                 bar.step()
             return

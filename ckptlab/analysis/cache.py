@@ -37,7 +37,12 @@ class FamilyCache:
         self.group = None
         if key in analysis:
             g = analysis[key]
-            ok = g.attrs.get("run_id") == run_id and "done" in g and g["done"].shape[0] <= n
+            ok = (
+                g.attrs.get("run_id") == run_id
+                and "done" in g
+                and g["done"].shape[0] <= n
+                and g.attrs.get("coords") == {d: list(v) for d, v in coords.items()}
+            )
             if ok:
                 old = np.asarray(g["step"][...])
                 ok = np.array_equal(old, steps[: len(old)])

@@ -98,7 +98,9 @@ class Run:
             if gname not in self._root:
                 raise CorruptArchiveError(f"{self.path!s} lacks the group {gname!r}")
             g = self._root[gname]
-            for name in g.array_keys():
+            found = set(g.array_keys())
+            order = [k for k in g.attrs.get("order", []) if k in found]
+            for name in order + sorted(found - set(order)):
                 arr = g[name]
                 if arr.shape[0] < self.n:
                     raise CorruptArchiveError(

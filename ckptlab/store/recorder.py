@@ -232,7 +232,9 @@ class Recorder:
             for junk in local.rglob("*.partial"):
                 junk.unlink(missing_ok=True)
         pgroup = self._root[fmt.PARAMS]
-        names = [k for k in pgroup.array_keys() if k != fmt.STEP]
+        found = [k for k in pgroup.array_keys() if k != fmt.STEP]
+        order = list(pgroup.attrs.get("order", []))
+        names = [k for k in order if k in found] + sorted(k for k in found if k not in order)
         if names:
             self._param_meta = {}
             for name in names:
@@ -445,6 +447,10 @@ class Recorder:
         n0, m = self._n, len(batch)
         steps = np.array([it.step for it in batch], dtype=np.int64)
         jobs = []  # (array key, rows): appended concurrently below
+        if "order" not in self._root[fmt.PARAMS].attrs:
+            # state_dict order, so readers list parameters as the model does (the store's
+            # own listing order is arbitrary)
+            self._root[fmt.PARAMS].attrs["order"] = list(self._param_meta)
         for name, (shape, dtype, tdt) in self._param_meta.items():
             key = f"{fmt.PARAMS}/{name}"
             if key not in self._handles:

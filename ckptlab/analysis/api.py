@@ -647,7 +647,7 @@ def _assemble(run, results, fam_params, coords) -> xr.Dataset:
         ds = ds.assign_coords(split=("split", list(coords["split"])),
                               radius=("radius", np.asarray(coords["radius"], dtype=np.float64)))
         ds["radius"].attrs = {"long_name": "neighbourhood radius", "units": "1"}
-    layer_coord = list(coords["layer"])
+    layer_coord = list(coords.get("layer", []))
     if "lc" in fam_params:
         ds = ds.assign_coords(lc_layer=("lc_layer", list(coords["lc_layer"])))
         extra = [c for c in coords["lc_layer"] if c not in layer_coord]

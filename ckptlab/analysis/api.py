@@ -180,7 +180,7 @@ def analyze(
         Inputs pushed through every checkpoint for MI and representation rank.
     probe_size, kde_samples, renyi_samples : int, optional
         Fixed, seeded subsets for binning (default: all, at most 4096), the KDE bounds (at most
-        2048) and Renyi (at most 512; its cost is cubic). Explicit values larger than the probe
+        1024) and Renyi (at most 512; its cost is cubic). Explicit values larger than the probe
         set are errors.
     radii : sequence of float, default (0.005, 0.05, 0.5)
         Neighbourhood radii of local complexity (the source used 0.005).
@@ -298,7 +298,7 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     n_probe = _size("probe_size", explicit["probe_size"], 4096, len(x_all), "probe examples")
     probe_idx = _pick(rng, len(x_all), n_probe) if n_probe < len(x_all) else np.arange(len(x_all))
     x_probe, y_probe = x_all[probe_idx], y_all[probe_idx]
-    n_kde = _size("kde_samples", explicit["kde_samples"], 2048, n_probe, "probe examples")
+    n_kde = _size("kde_samples", explicit["kde_samples"], 1024, n_probe, "probe examples")
     n_renyi = _size("renyi_samples", explicit["renyi_samples"], 512, n_probe, "probe examples")
     kde_idx = _pick(rng, n_probe, n_kde)
     renyi_idx = _pick(rng, n_probe, n_renyi)

@@ -236,7 +236,7 @@ def analyze(
         metrics=metrics, estimators=estimators, n_bins=n_bins, binning_range=binning_range,
         sigma2=sigma2, alpha=alpha, gamma=gamma, probe=probe,
         probe_size=4096 if probe_size is None else probe_size,
-        kde_samples=2048 if kde_samples is None else kde_samples,
+        kde_samples=1024 if kde_samples is None else kde_samples,
         renyi_samples=512 if renyi_samples is None else renyi_samples,
         radii=radii, n_directions=25 if n_directions is None else n_directions,
         lc_points=256 if lc_points is None else lc_points, lc_splits=lc_splits,

@@ -49,7 +49,7 @@ class AnalysisOptions:
     gamma: float = 1.0
     probe: str = "all"
     probe_size: int = 4096
-    kde_samples: int = 2048
+    kde_samples: int = 1024
     renyi_samples: int = 512
     radii: tuple = (0.005, 0.05, 0.5)
     n_directions: int = 25

@@ -35,6 +35,7 @@ class TrainConfig:
     steps: int = 10_000  # optimizer updates; checkpoint `steps` is the final model
     dtype: str = "float32"  # "float64" for numerically delicate analyses
     device: str = "cpu"  # "cuda" for the GPU presets
+    threads: int = 1  # torch CPU threads; small models gain nothing from more, and suffer on shared cores
     seed: int = 0  # model init, data split and minibatch order all derive from it
     # --- checkpoints ------------------------------------------------------------------
     ckpt_per_decade: int = 40  # log-spaced: transitions unfold over decades of steps
@@ -61,6 +62,7 @@ class TrainConfig:
         check_choice("dtype", self.dtype, ("float32", "float64"))
         check_choice("device", self.device, ("cpu", "cuda"))
         check_int("seed", self.seed, min=0)
+        check_int("threads", self.threads, min=1)
         check_int("ckpt_per_decade", self.ckpt_per_decade, min=0)
         check_int("ckpt_dense_until", self.ckpt_dense_until, min=0)
         check_int("ckpt_every", self.ckpt_every, min=0)

@@ -189,6 +189,17 @@ def train(
                 f"is step {int(run.steps[-1])}"
             )
     cfg.validate()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                      start_step=start_step, run=run if resume else None,
+                      state=state if resume else None)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> TrainResult:
     device = _device(cfg)
     dtype = getattr(torch, cfg.dtype)
     task = build_task(cfg)

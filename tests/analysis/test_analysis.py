@@ -1,5 +1,6 @@
 """analyze(): numbers against independent oracles, schedulers agree, caching, bad input."""
 
+import json
 import math
 import shutil
 import warnings
@@ -72,7 +73,7 @@ def test_unbounded_layers_bin_over_the_trajectory_range(relu_run):
         lo = min(h[layer].min() for h in per_step)
         hi = max(h[layer].max() for h in per_step)
         rng = ds.mi_xt.attrs["binning_range_" + layer]
-        np.testing.assert_allclose(eval(rng), [lo, hi], rtol=1e-6)
+        np.testing.assert_allclose(json.loads(rng), [lo, hi], rtol=1e-6)
         for i in (1, run.n - 1):
             xt, _ = _oracle_binning(per_step[i][layer], y, lo, hi)
             np.testing.assert_allclose(ds.mi_xt.sel(estimator="binning", layer=layer).isel(step=i).item(),

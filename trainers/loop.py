@@ -9,7 +9,6 @@ Step ``s`` is the model after ``s`` updates: step 0 is the initialisation.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ckptlab._progress import ProgressLine
 from ckptlab.errors import CkptlabError, TrainingDivergedError, ValidationError
 from ckptlab.models import build_model
 from ckptlab.store import Recorder, Run
@@ -116,31 +116,6 @@ def get_batch(cfg, x, y, gen: torch.Generator):
     return x[idx], y[idx]
 
 
-class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise (logs, CI, tests)."""
-
-    def __init__(self, total: int, enabled: bool | None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.total, self.t0, self.last = total, time.perf_counter(), 0.0
-
-    def update(self, step: int, metrics: dict, *, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.2 and not force):
-            return
-        self.last = now
-        rate = step / max(now - self.t0, 1e-9)
-        sys.stderr.write(
-            f"\rstep {step:>{len(str(self.total))}}/{self.total} | {rate:7.0f} steps/s | "
-            f"train acc {metrics.get('train_acc', float('nan')):.3f} | "
-            f"test acc {metrics.get('test_acc', float('nan')):.3f}"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 def train(
     cfg: TrainConfig,
     out,
@@ -235,7 +210,7 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
         seed=cfg.seed,
         mode="a" if resume else ("w" if overwrite else "w-"),
     )
-    bar = _Progress(cfg.steps, progress)
+    bar = ProgressLine(progress)
     t0 = time.perf_counter()
     wall0 = 0.0
     if resume:
@@ -269,7 +244,12 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
                     optimizer=opt,
                     state={"step": step, "generator": gen.get_state()},
                 )
-                bar.update(step, metrics, force=step == cfg.steps)
+                bar.show(
+                    f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | "
+                    f"{step / max(bar.elapsed, 1e-9):7.0f} steps/s | "
+                    f"train acc {metrics['train_acc']:.3f} | test acc {metrics['test_acc']:.3f}",
+                    force=step == cfg.steps,
+                )
             if step == cfg.steps:
                 break
             xb, yb = get_batch(cfg, x_tr, y_tr, gen)

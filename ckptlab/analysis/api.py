@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 import warnings
 
 import dask
@@ -20,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .._checks import check_choice, check_int
+from .._progress import ProgressLine
 from ..errors import CkptlabError, SchedulerError, ValidationError
 from ..metrics.local_complexity import cross_polytope_directions
 from ..models import build_model
@@ -79,21 +78,6 @@ def _resolve_scheduler(scheduler: str, n_workers):
             f"no Dask scheduler answers at {scheduler}: {type(exc).__name__}: {exc}"
         ) from None
     return "distributed", client
-
-
-class _Progress:
-    def __init__(self, total: int, enabled):
-        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled:
-            el = time.perf_counter() - self.t0
-            sys.stderr.write(f"\ranalyze: block {self.done}/{self.total} | {el:6.1f} s")
-            if self.done >= self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- plan
@@ -465,7 +449,13 @@ class _Runner:
     def _execute(self, todo, accept) -> None:
         if not todo:
             return
-        bar = _Progress(len(todo), self.progress)
+        bar = ProgressLine(self.progress)
+        total = len(todo)
+        done = [0]
+
+        def tick():
+            done[0] += 1
+            bar.show(f"analyze: block {done[0]}/{total} | {bar.elapsed:6.1f} s", force=done[0] == total)
         tasks = {
             f"ckptlab-block-{a}-{b}": dask.delayed(compute_block, pure=False)(
                 self.plan, a, b, fams, self.n, dask_key_name=f"ckptlab-block-{a}-{b}")
@@ -479,7 +469,8 @@ class _Runner:
             keys = {f.key: k for f, k in zip(futures, tasks)}
             for fut, res in as_completed(futures, with_results=True, loop=self.client.loop):
                 accept(*spans[keys[fut.key]], res)
-                bar.step()
+                tick()
+            bar.close()
             return
         from dask.callbacks import Callback
 
@@ -487,13 +478,14 @@ class _Runner:
             def _posttask(self, key, result, dsk, state, id):
                 if key in spans:
                     accept(*spans[key], result)
-                    bar.step()
+                    tick()
 
         kw = {"scheduler": self.kind}
         if self.n_workers is not None and self.kind != "synchronous":
             kw["num_workers"] = self.n_workers
         with _Collect():
             dask.compute(*tasks.values(), **kw)
+        bar.close()
 
     def binning_ranges(self, layer_bounds, rule, probe_params) -> dict:
         """Per-layer (lo, hi) of the fixed bins; trajectory-wide min/max for unbounded layers."""

@@ -56,7 +56,9 @@ def plot_overview(
         An empty figure to draw into; by default a new one sized to the number of panels
         (created without pyplot, so nothing is registered or shown).
     estimator : str, optional
-        Estimator of the I(X;T) panel; default "binning" if present, else the first one.
+        Estimator of the I(X;T) panel; default: the one whose curves move the most over the
+        run (largest range summed over layers), since a saturated estimator (every input in its
+        own bin: I = log2 N throughout) draws flat lines; ties go to the first listed.
     radius : float, optional
         Radius of the local-complexity panel; default the first one.
     events : sequence of str, optional
@@ -83,8 +85,7 @@ def plot_overview(
         for e in events:
             check_choice("events entries", e, EVENT_STYLES)
     if "mi_xt" in ds and estimator is None and "estimator" in ds["mi_xt"].dims:
-        ests = ds["mi_xt"]["estimator"].values.tolist()
-        estimator = "binning" if "binning" in ests else ests[0]
+        estimator = _most_informative(ds["mi_xt"])
 
     panels = _panels(ds, estimator, radius)
     if not panels:
@@ -125,6 +126,13 @@ def plot_overview(
     if ds.attrs.get("run_name"):
         fig.suptitle(str(ds.attrs["run_name"]), fontsize=10)
     return fig
+
+
+def _most_informative(mi: xr.DataArray) -> str:
+    ests = [str(e) for e in mi["estimator"].values]
+    spans = (mi.max("step") - mi.min("step")).sum("layer" if "layer" in mi.dims else ())
+    spans = np.nan_to_num(np.asarray(spans.values, dtype=float), nan=-1.0)
+    return ests[int(np.argmax(spans))]
 
 
 def _panels(ds, estimator, radius):

@@ -353,11 +353,9 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     lc_layers = preact_names + (["output"] if opts.include_output else [])
     coords = {"layer": layer_names, "lc_layer": lc_layers, "matrix": matrix_names,
               "split": list(opts.lc_splits), "radius": list(opts.radii)}
-    if kind == "distributed" or kind == "processes":
-        threads = 1
-    else:
-        cpus = os.cpu_count() or 1
-        threads = 1 if kind == "threads" else cpus
+    # One torch thread per task: parallelism comes from the Dask workers, and intra-op threads
+    # on top of them oversubscribe the cores (several times slower on a shared machine).
+    threads = 1
     plan = Plan(
         path=path, params=fam_params, layer_names=layer_names, preact_names=preact_names,
         matrix_names=matrix_names, x_probe=x_probe, y_probe=y_probe, x_renyi=x_renyi,

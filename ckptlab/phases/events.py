@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .smoothing import (
+    edge_level,
     first_crossing,
     global_peak,
     noise_sd,
@@ -19,8 +20,8 @@ from .smoothing import (
     smooth_log,
 )
 
-__all__ = ["Curve", "make_curve", "fit_end", "test_loss_events", "generalisation_events",
-           "mi_peak", "peak_event", "plane_settled"]
+__all__ = ["Curve", "make_curve", "fit_end", "test_loss_events", "rise_levels",
+           "generalisation_events", "mi_peak", "peak_event", "plane_settled"]
 
 
 @dataclass(frozen=True)
@@ -125,30 +126,57 @@ def test_loss_events(loss: Curve | None, *, descent_fraction: float
     return out
 
 
+def rise_levels(acc: Curve) -> tuple[float, float]:
+    """Start and final levels (a0, a1) of a curve: medians of its raw values over the first
+    and last 0.1 decade (:func:`edge_level`), so they never leave the observed range."""
+    return edge_level(acc.x, acc.y, last=False), edge_level(acc.x, acc.y)
+
+
 def generalisation_events(acc: Curve | None, *, generalisation_fraction: float,
                           end_fraction: float) -> dict[str, tuple[float, str]]:
     """Onset and end of generalisation from test accuracy, relative to its rise.
 
-    With a0 the smoothed test accuracy at the first checkpoint and a1 at the last, the onset
-    is where it first reaches a0 + generalisation_fraction * (a1 - a0), the end where it first
-    reaches a0 + end_fraction * (a1 - a0). Measuring from a0 rather than from zero keeps the
-    rule meaningful when chance level is high (0.5 for a binary task).
+    With a0 and a1 the start and final levels of test accuracy (:func:`rise_levels`: medians
+    of the raw values over the first and last 0.1 decade, never the smoothed curve's end
+    values, which overshoot at the boundary), the onset is where the smoothed curve first
+    reaches a0 + generalisation_fraction * (a1 - a0), the end where it first reaches
+    a0 + end_fraction * (a1 - a0). Measuring from a0 rather than from zero keeps the rule
+    meaningful when chance level is high (0.5 for a binary task); the levels never exceed the
+    observed maximum.
+
+    A curve still rising at the last checkpoint has no final level yet: if the median of its
+    last 3 checkpoints exceeds a1 by more than the larger of the noise threshold and
+    (1 - end_fraction) * (a1 - a0), the end is NaN (generalisation does not end inside the
+    run) and the onset, relative to a provisional a1, is only a lower bound.
     """
     names = ("generalisation_onset", "generalisation_end")
     if acc is None:
         return {k: (np.nan, "test_acc absent") for k in names}
-    a0, a1 = float(acc.ys[0]), float(acc.ys[-1])
+    a0, a1 = rise_levels(acc)
     rise = a1 - a0
     if rise <= acc.threshold:
         reason = (f"test accuracy does not rise significantly (from {a0:.3g} to {a1:.3g}, "
                   f"threshold {acc.threshold:.3g})")
         return {k: (np.nan, reason) for k in names}
+    a_last = edge_level(acc.x, acc.y, decades=0.0, min_points=3)
+    tol = max(acc.threshold, (1 - end_fraction) * rise)
+    rising = a_last - a1 > tol
     out = {}
     for name, frac in zip(names, (generalisation_fraction, end_fraction)):
         level = a0 + frac * rise
         t, _ = first_crossing(acc.x, acc.ys, level)
-        out[name] = (t, f"test_acc reaches {level:.3g} = {a0:.3g} + {frac:g} x rise "
-                        f"{rise:.3g}")
+        rule = f"{level:.3g} = {a0:.3g} + {frac:g} x rise {rise:.3g}"
+        if rising and name == "generalisation_end":
+            out[name] = (np.nan, f"test accuracy still rising at the last checkpoint (median "
+                                 f"of the last 3 checkpoints {a_last:.3g} exceeds the median "
+                                 f"of the last 0.1 decade {a1:.3g} by more than {tol:.3g}): "
+                                 f"generalisation does not end inside the run")
+        elif not np.isfinite(t):
+            out[name] = (np.nan, f"smoothed test_acc does not reach {rule} inside the run")
+        else:
+            out[name] = (t, f"test_acc reaches {rule}" + (
+                "; a lower bound: still rising at the last checkpoint, the final level is "
+                "not known yet" if rising else ""))
     return out
 
 

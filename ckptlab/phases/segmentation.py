@@ -91,10 +91,14 @@ def segment(
       loss; the first minimum the lowest point before it (if the loss fell to get there); the
       second descent starts where the loss has fallen ``descent_fraction`` of the way from
       the peak to its later minimum (just after a sharp peak; at the end of a plateau).
-    - ``generalisation_onset``, ``generalisation_end``: test accuracy first reaches
-      a0 + f * (a1 - a0) with a0, a1 its smoothed first and last values and f
-      ``generalisation_fraction`` resp. ``end_fraction`` (relative to the rise, not to zero,
-      so that chance level does not count as generalisation).
+    - ``generalisation_onset``, ``generalisation_end``: smoothed test accuracy first reaches
+      a0 + f * (a1 - a0) with f ``generalisation_fraction`` resp. ``end_fraction`` (relative
+      to the rise, not to zero, so that chance level does not count as generalisation) and
+      a0, a1 its start and final levels: medians of the raw values over the first and last
+      0.1 decade (at least 5 checkpoints), which cannot leave the observed range as the
+      smoothed end values can. If test accuracy is still rising at the last checkpoint (the
+      median of the last 3 checkpoints exceeds a1 by more than the larger of the noise
+      threshold and (1 - ``end_fraction``) * (a1 - a0)), ``generalisation_end`` is NaN.
     - ``mi_peak[estimator,layer]``: the rightmost point of the information plane, the maximum
       of smoothed I(X;T), when it is reached by a rise and followed by a fall.
     - ``plane_settled[estimator]``: the information-plane trajectory of all layers (I(X;T) and,
@@ -109,7 +113,9 @@ def segment(
     no train curves, at the median of the ``mi_peak`` events; if train curves exist but never
     fit, the whole run is ``fitting``; with no information at all, ``unknown``. Converged
     starts at the latest of ``generalisation_end`` and the median of ``plane_settled`` (never
-    before the compression start); without either, there is no ``converged`` phase.
+    before the compression start); without either, there is no ``converged`` phase, and
+    neither is there one when test accuracy rises significantly but ``generalisation_end`` is
+    not reached inside the run, whatever ``plane_settled`` says.
 
     Change points: for each curve of ``change_point_vars``, PELT (ruptures, model "l2") on the
     smoothed curve resampled to ``cp_per_decade`` points per decade of log10(step), with
@@ -206,7 +212,7 @@ def segment(
     steps = ds["step"].values.astype(float)
     positive = steps > 0
     logstep = np.log10(steps[positive])
-    found, fit_data = _detect_events(ds, positive, logstep, opts)
+    found, fit_data, gen_open = _detect_events(ds, positive, logstep, opts)
 
     names = np.array([f[0] for f in found], dtype=str)
     kinds = np.array([f[1] for f in found], dtype=str)
@@ -228,7 +234,7 @@ def segment(
                                           "units": ""})
 
     # phases
-    labels, b1, b2, phase_note = _phases(steps, names, kinds, logs, fit_data)
+    labels, b1, b2, phase_note = _phases(steps, names, kinds, logs, fit_data, gen_open)
     out["phase"] = ("step", labels, {"long_name": "training phase", "units": "",
                                      "rule": phase_note})
     out = out.assign_coords(boundary=np.array(["compression_start", "converged_start"]))
@@ -295,8 +301,9 @@ def segment(
 # ----------------------------------------------------------------------------- events
 
 def _detect_events(ds, positive, logstep, opts):
-    """All events as [(name, type, log10 step or NaN, note)], and whether usable train curves
-    exist (only they can tell that a run never fitted)."""
+    """All events as [(name, type, log10 step or NaN, note)], whether usable train curves
+    exist (only they can tell that a run never fitted), and whether test accuracy rises
+    significantly without reaching generalisation_end inside the run."""
 
     def curves(name: str) -> list[tuple[str, Curve | None]]:
         if name not in ds:
@@ -331,10 +338,16 @@ def _detect_events(ds, positive, logstep, opts):
         add(name, name, t, note)
 
     # generalisation
-    for name, (t, note) in ev.generalisation_events(
-            single("test_acc"), generalisation_fraction=opts["generalisation_fraction"],
-            end_fraction=opts["end_fraction"]).items():
+    test_acc = single("test_acc")
+    gen = ev.generalisation_events(test_acc,
+                                   generalisation_fraction=opts["generalisation_fraction"],
+                                   end_fraction=opts["end_fraction"])
+    for name, (t, note) in gen.items():
         add(name, name, t, note)
+    gen_open = False  # test accuracy rises but does not finish rising inside the run
+    if test_acc is not None and np.isnan(gen["generalisation_end"][0]):
+        a0, a1 = ev.rise_levels(test_acc)
+        gen_open = bool(a1 - a0 > test_acc.threshold)
 
     # information plane
     if "mi_xt" in ds:
@@ -362,7 +375,7 @@ def _detect_events(ds, positive, logstep, opts):
             "lmn absent" if "lmn" not in ds else "fewer than 3 finite points")
     else:
         add("lmn_peak", "lmn_peak", *ev.peak_event(lmn, "linear mapping number"))
-    return found, fit_data
+    return found, fit_data, gen_open
 
 
 # ----------------------------------------------------------------------------- validation
@@ -492,7 +505,7 @@ def _plane_events(ds, positive, logstep, opts):
     return out
 
 
-def _phases(steps, names, kinds, logs, fit_data):
+def _phases(steps, names, kinds, logs, fit_data, gen_open):
     """Phase label per step from the events (rule in the returned note)."""
     fit = logs[names == "fit_end"][0]
     mi = logs[(kinds == "mi_peak") & np.isfinite(logs)]
@@ -508,7 +521,11 @@ def _phases(steps, names, kinds, logs, fit_data):
     settled = logs[(kinds == "plane_settled") & np.isfinite(logs)]
     if settled.size:
         ends.append(float(np.median(settled)))
-    if ends:
+    if gen_open:
+        # plane_settled alone must not declare convergence while test accuracy still rises
+        b2, src2 = math.inf, ("never (test accuracy rises but generalisation_end is not "
+                              "reached inside the run)")
+    elif ends:
         b2, src2 = max(max(ends), b1), "latest of generalisation_end and median plane_settled"
     else:
         b2, src2 = math.inf, "never (no generalisation_end and no plane_settled)"

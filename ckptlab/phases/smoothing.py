@@ -17,6 +17,7 @@ __all__ = [
     "refine_extremum",
     "global_peak",
     "prominent_peak",
+    "edge_level",
 ]
 
 # Bound on the (rows x window) scratch arrays of the windowed operations, in elements.
@@ -155,6 +156,42 @@ def bin_medians(x: np.ndarray, y: np.ndarray, per_decade: int = _BINS_PER_DECADE
     med = 0.5 * (ys[start + (count - 1) // 2] + ys[start + count // 2])
     xm = np.add.reduceat(xs, start) / count
     return xm, med
+
+
+def edge_level(x: np.ndarray, y: np.ndarray, *, last: bool = True, decades: float = 0.1,
+               min_points: int = 5) -> float:
+    """Robust level of a curve at the end (or start) of the run, from its raw values.
+
+    The median of ``y`` over the last (first if not ``last``) ``decades`` of log-step, widened
+    to hold at least ``min_points`` points after pooling to 1/200 decade. Being a median of
+    observed values it always lies within [min(y), max(y)]: unlike the smoothed curve's end
+    value, which local-linear regression extrapolates at the boundary (an accuracy that
+    levels off at 1.0 just before the last checkpoint can come out at 1.04).
+
+    Parameters
+    ----------
+    x : ndarray of float
+        log10(step), strictly increasing and finite.
+    y : ndarray of float
+        Finite values at ``x``.
+    last : bool, default True
+        The end of the run; False for its start.
+    decades : float, default 0.1
+        Width of the window in decades; 0 for exactly ``min_points`` pooled points.
+    min_points : int, default 5
+        Fewest pooled points in the window.
+
+    Returns
+    -------
+    float
+        The median level.
+    """
+    xb, yb = bin_medians(np.asarray(x, float), np.asarray(y, float))
+    if not last:
+        xb, yb = -xb[::-1], yb[::-1]
+    inside = xb >= xb[-1] - decades
+    inside[-min_points:] = True
+    return float(np.median(yb[inside]))
 
 
 def noise_sd(y: np.ndarray, smoothed: np.ndarray) -> float:

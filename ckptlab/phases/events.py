@@ -205,7 +205,9 @@ def plane_settled(x: np.ndarray, coords: np.ndarray, sds: np.ndarray, *, snr: fl
     """
     dist = np.linalg.norm(coords - coords[-1], axis=1)
     dmax = float(dist.max())
-    noise = snr * float(np.sqrt(np.sum(np.square(sds))))
+    # A saturated estimator (I = log2 N throughout) has no measurable noise; movements below a
+    # thousandth of a bit are round-off, not a trajectory.
+    noise = max(snr * float(np.sqrt(np.sum(np.square(sds)))), 1e-3)
     if dmax <= noise:
         return np.nan, (f"the information-plane trajectory does not move (largest distance "
                         f"{dmax:.3g} bits <= threshold {noise:.3g})")

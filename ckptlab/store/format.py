@@ -127,7 +127,8 @@ def trajectory_codecs(ndim: int, itemsize: int) -> dict:
     """
     kw: dict = {
         "compressors": [
-            BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=max(1, itemsize))
+            # level 1: twice the speed of level 3 for ~3% more bytes on real trajectories
+            BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=max(1, itemsize))
         ]
     }
     if ndim > 1:

@@ -164,15 +164,23 @@ class Run:
             ) from None
 
     # ------------------------------------------------------------------ data
-    def params(self, start: int, stop: int | None = None) -> dict[str, np.ndarray]:
+    def params(self, start: int, stop: int | None = None, *, names=None) -> dict[str, np.ndarray]:
         """Parameters of checkpoints [start, stop) by position: name -> (m, *shape) arrays.
 
         Reading a block at once reads each chunk once; use it rather than one call per step.
+        ``names`` restricts the read to some parameters (default: all).
         """
         stop = start + 1 if stop is None else stop
         if not (0 <= start < stop <= self.n):
             raise IndexError(f"checkpoint range [{start}, {stop}) outside [0, {self.n})")
-        return {n: self._read(f"{fmt.PARAMS}/{n}", slice(start, stop)) for n in self.param_names}
+        all_names = self.param_names
+        if names is None:
+            names = all_names
+        else:
+            unknown = sorted(set(names) - set(all_names))
+            if unknown:
+                raise KeyError(f"no parameter(s) {unknown} in {self.path!s}")
+        return {n: self._read(f"{fmt.PARAMS}/{n}", slice(start, stop)) for n in names}
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """The state dict of checkpoint ``index`` (position, negative counts from the end)."""
@@ -229,7 +237,10 @@ class Run:
         arr = self._arrays[key]
         shape = (self.n,) + tuple(arr.shape[1:])
         proxy = _ArchiveArray(self.path, arr.path, shape, arr.dtype)
-        chunks = (arr.chunks[0],) + tuple(arr.shape[1:])
+        # several zarr chunks per dask block: fewer tasks, same reads
+        step_bytes = max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)))
+        per_block = max(1, (32 << 20) // (step_bytes * arr.chunks[0])) * arr.chunks[0]
+        chunks = (per_block,) + tuple(arr.shape[1:])
         dims = list(arr.metadata.dimension_names or [])
         return xr.Variable(dims, da.from_array(proxy, chunks=chunks, asarray=True, name=False))
 

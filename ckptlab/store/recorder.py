@@ -16,6 +16,7 @@ import platform
 import queue
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 import zarr
 from zarr.core.sync import sync
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_float, check_int
 from ..errors import (
     ArchiveExistsError,
     ArchiveNotFoundError,
@@ -48,8 +49,16 @@ class _Item:
     metrics: dict[str, float]
     state: tuple[object, dict[str, np.ndarray]] | None
 
+    @property
+    def nbytes(self) -> int:
+        n = sum(a.nbytes for a in self.params.values())
+        if self.state is not None:
+            n += sum(a.nbytes for a in self.state[1].values())
+        return n
 
-_STOP = object()
+
+_STOP = object()  # close(): commit what is pending, then end the writer
+_FLUSH = object()  # flush(): commit what is pending now
 
 
 async def _gather(coros) -> None:
@@ -110,8 +119,14 @@ class Recorder:
     mode : {"w-", "w", "a"}, default "w-"
         ``"w-"`` creates a new archive and refuses an existing path; ``"w"`` replaces an
         existing archive; ``"a"`` reopens one to append after its last committed checkpoint.
-    queue_size : int, default 32
+    queue_size : int, default 256
         Checkpoints that may wait for the writer before :meth:`save` blocks.
+    commit_interval : float, default 1.0
+        Seconds the writer gathers checkpoints before it writes and commits them (0: commit
+        whenever the queue is empty). A SIGKILL loses at most the checkpoints of the last
+        interval; :meth:`flush` and :meth:`close` commit at once.
+    max_batch_bytes : int, default 256 MiB
+        Commit earlier when the gathered checkpoints reach this size (bounds memory).
 
     Notes
     -----
@@ -132,10 +147,15 @@ class Recorder:
         task: Mapping | None = None,
         seed: int | None = None,
         mode: str = "w-",
-        queue_size: int = 32,
+        queue_size: int = 256,
+        commit_interval: float = 1.0,
+        max_batch_bytes: int = 256 << 20,
     ):
         check_choice("mode", mode, ("w-", "w", "a"))
         check_int("queue_size", queue_size, min=1)
+        self.commit_interval = check_float("commit_interval", commit_interval, min=0.0)
+        self.max_batch_bytes = check_int("max_batch_bytes", max_batch_bytes, min=1)
+        self._order_written = False
         self.path = path
         if model_spec is None and model is not None:
             model_spec = getattr(model, "spec", None)
@@ -351,7 +371,9 @@ class Recorder:
         self._put(_Item(step, params, clean_metrics, snap))
 
     def flush(self) -> None:
-        """Block until every queued checkpoint is committed; re-raise a write error."""
+        """Commit every checkpoint saved so far, now; re-raise a write error."""
+        if not self._closed:
+            self._put(_FLUSH)
         self._queue.join()
         self._raise_pending()
 
@@ -422,35 +444,59 @@ class Recorder:
             ) from err
 
     def _run(self) -> None:
+        """Gather checkpoints for up to ``commit_interval`` seconds, then write and commit them.
+
+        Each commit rewrites every array's partly filled last chunk and the commit record, so
+        committing a handful of checkpoints at a time would rewrite (and recompress) the same
+        chunk again and again; gathering for an interval makes that cost per interval.
+        """
+        pending: list[_Item] = []
+        held: list = []  # queue entries to acknowledge once the batch is written
+        nbytes = 0
+        deadline = 0.0
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            # Coalesce whatever else is waiting: one batch write per drain.
-            while len(items) < fmt.MAX_STEPS_PER_CHUNK:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if items[-1] is _STOP or _STOP in items:
-                stop = True
-            batch = [it for it in items if it is not _STOP]
+            wait = None if not pending else deadline - time.monotonic()
             try:
-                if batch and self._error is None:
-                    self._write(batch)
-            except BaseException as exc:  # surfaced by save()/close()
-                self._error = exc
-            finally:
-                for _ in items:
-                    self._queue.task_done()
+                item = self._queue.get() if wait is None else (
+                    self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                item = None  # the interval is over
+            commit = item is None or item is _STOP or item is _FLUSH
+            if item is not None:
+                held.append(item)
+            stop = item is _STOP
+            if isinstance(item, _Item):
+                if not pending:
+                    deadline = time.monotonic() + self.commit_interval
+                if item.state is not None:  # only the newest state is ever written
+                    for old in pending:
+                        old.state = None
+                pending.append(item)
+                nbytes += item.nbytes
+                commit = nbytes >= self.max_batch_bytes
+            if commit:
+                try:
+                    if pending and self._error is None:
+                        self._write(pending)
+                except BaseException as exc:  # surfaced by save()/flush()/close()
+                    self._error = exc
+                finally:
+                    for _ in held:
+                        self._queue.task_done()
+                    pending, held, nbytes = [], [], 0
 
     def _write(self, batch: list[_Item]) -> None:
         n0, m = self._n, len(batch)
         steps = np.array([it.step for it in batch], dtype=np.int64)
         jobs = []  # (array key, rows): appended concurrently below
-        if "order" not in self._root[fmt.PARAMS].attrs:
+        if not self._order_written:
             # state_dict order, so readers list parameters as the model does (the store's
             # own listing order is arbitrary)
-            self._root[fmt.PARAMS].attrs["order"] = list(self._param_meta)
+            pgroup = self._root[fmt.PARAMS]
+            if "order" not in pgroup.attrs:
+                pgroup.attrs["order"] = list(self._param_meta)
+            self._order_written = True
         for name, (shape, dtype, tdt) in self._param_meta.items():
             key = f"{fmt.PARAMS}/{name}"
             if key not in self._handles:

@@ -157,11 +157,12 @@ def train(
         state = run.training_state()
         if state is None or run.n == 0:
             raise CkptlabError(f"{out!s} holds no resumable state: it cannot be resumed")
+        # the state is snapshot at most once per second, so it may be a few checkpoints
+        # older than the newest one: resume from it and regenerate those (bit-identical)
         start_step = int(state["step"])
-        if start_step != int(run.steps[-1]):
+        if start_step not in set(run.steps.tolist()):
             raise CkptlabError(
-                f"{out!s}: training state is for step {start_step} but the newest checkpoint "
-                f"is step {int(run.steps[-1])}"
+                f"{out!s}: training state is for step {start_step}, which is not a checkpoint"
             )
     cfg.validate()
     threads_before = torch.get_num_threads()
@@ -183,7 +184,8 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
     opt = _optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if resume:
-        model.load_state_dict({k: v.to(device) for k, v in run.state_dict(-1).items()})
+        at = int(np.searchsorted(run.steps, start_step))
+        model.load_state_dict({k: v.to(device) for k, v in run.state_dict(at).items()})
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
     x_tr, y_tr, x_te, y_te = _tensors(task, dtype, device)
@@ -209,12 +211,14 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
               "input_kind": task.input_kind, "vocab_size": task.vocab_size},
         seed=cfg.seed,
         mode="a" if resume else ("w" if overwrite else "w-"),
+        truncate_after=start_step if resume else None,
     )
     bar = ProgressLine(progress)
     t0 = time.perf_counter()
     wall0 = 0.0
     if resume:
-        wall0 = float(run.metrics().get("wall_time", np.array([0.0]))[-1])
+        at = int(np.searchsorted(run.steps, start_step))
+        wall0 = float(run.metrics().get("wall_time", np.zeros(run.n))[at])
     metrics: dict = {}
     next_ckpt = 0
     try:
@@ -243,6 +247,7 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
                     metrics=metrics,
                     optimizer=opt,
                     state={"step": step, "generator": gen.get_state()},
+                    keep_state=True if step == cfg.steps else None,
                 )
                 bar.show(
                     f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | "

@@ -127,6 +127,10 @@ class Recorder:
         interval; :meth:`flush` and :meth:`close` commit at once.
     max_batch_bytes : int, default 256 MiB
         Commit earlier when the gathered checkpoints reach this size (bounds memory).
+    state_interval : float, optional
+        Seconds between two snapshots of the resume state (default: ``commit_interval``).
+    truncate_after : int, optional
+        With ``mode="a"``: drop the checkpoints after this step before appending.
 
     Notes
     -----
@@ -150,12 +154,21 @@ class Recorder:
         queue_size: int = 256,
         commit_interval: float = 1.0,
         max_batch_bytes: int = 256 << 20,
+        state_interval: float | None = None,
+        truncate_after: int | None = None,
     ):
         check_choice("mode", mode, ("w-", "w", "a"))
         check_int("queue_size", queue_size, min=1)
         self.commit_interval = check_float("commit_interval", commit_interval, min=0.0)
         self.max_batch_bytes = check_int("max_batch_bytes", max_batch_bytes, min=1)
         self._order_written = False
+        self.state_interval = (self.commit_interval if state_interval is None
+                               else check_float("state_interval", state_interval, min=0.0))
+        self._state_due = 0.0
+        if truncate_after is not None:
+            check_int("truncate_after", truncate_after, min=0)
+            if mode != "a":
+                raise ValidationError("truncate_after needs mode='a'")
         self.path = path
         if model_spec is None and model is not None:
             model_spec = getattr(model, "spec", None)
@@ -169,7 +182,7 @@ class Recorder:
 
         if mode == "a":
             self._root = fmt.open_root(path, mode="r+")
-            self._recover()
+            self._recover(truncate_after)
         else:
             if fmt.exists(path) and mode == "w-":
                 raise ArchiveExistsError(
@@ -240,13 +253,26 @@ class Recorder:
         fmt.fsync_dir(local.parent)
         return zarr.open_group(fmt.open_store(local, read_only=False), mode="r+")
 
-    def _recover(self) -> None:
-        """Reopen for appending: drop uncommitted rows and leftovers of a killed writer."""
+    def _recover(self, truncate_after: int | None) -> None:
+        """Reopen for appending: drop uncommitted rows and leftovers of a killed writer.
+
+        With ``truncate_after``, checkpoints at later steps are dropped too (a trainer resuming
+        from an older training state regenerates them).
+        """
         header = fmt.read_header(self._root)
         commit = header["commit"]
         self._n = int(commit["n"])
         self._last_step = commit["last_step"]
         self._slot = commit["state_slot"]
+        if truncate_after is not None and self._n:
+            steps = np.asarray(self._root[f"{fmt.PARAMS}/{fmt.STEP}"][: self._n])
+            keep = int(np.searchsorted(steps, truncate_after, side="right"))
+            if keep < self._n:
+                self._n = keep
+                self._last_step = int(steps[keep - 1]) if keep else None
+                header["commit"] = {"n": keep, "last_step": self._last_step,
+                                    "state_slot": self._slot}
+                self._root.attrs[fmt.ATTR_KEY] = header  # arrays are cut back to n below
         local = fmt.local_path(self.path)
         if local is not None:
             for junk in local.rglob("*.partial"):
@@ -298,6 +324,7 @@ class Recorder:
         metrics: Mapping[str, float] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         state: Mapping | None = None,
+        keep_state: bool | None = None,
     ) -> None:
         """Queue one checkpoint; returns once its tensors are copied.
 
@@ -315,6 +342,11 @@ class Recorder:
         state : mapping, optional
             Further trainer state for resuming (RNG states, counters): tensors, arrays, numbers,
             strings, lists and dicts. Kept for the newest checkpoint only.
+        keep_state : bool, optional
+            Whether to snapshot ``optimizer`` and ``state`` at this checkpoint. By default they
+            are snapshot at most once per ``state_interval`` seconds, so the stored state may
+            be a little older than the newest checkpoint (see ``Recorder(..., mode="a",
+            truncate_after=...)`` to resume from it); pass True at the last step.
 
         Raises
         ------
@@ -362,7 +394,12 @@ class Recorder:
                 raise ValidationError(f"metric {k!r} must be a real number, got {v!r}")
             clean_metrics[k] = float(v)
         snap = None
-        if optimizer is not None or state is not None:
+        now = time.monotonic()
+        due = keep_state if keep_state is not None else now >= self._state_due
+        if (optimizer is not None or state is not None) and due:
+            # Copying optimizer state costs more than copying the parameters, and only the
+            # newest copy is ever written: take one per state_interval, not per checkpoint.
+            self._state_due = now + self.state_interval
             full = dict(state or {})
             if optimizer is not None:
                 full["optimizer"] = optimizer.state_dict()

@@ -44,7 +44,8 @@ def _train(path, steps=range(0, 50, 3), **kw):
             loss.backward()
             opt.step()
             if s in steps:
-                rec.save(s, m, metrics={"train_loss": loss.item(), "lr": 1e-2}, optimizer=opt)
+                rec.save(s, m, metrics={"train_loss": loss.item(), "lr": 1e-2}, optimizer=opt,
+                         keep_state=True if s == max(steps) else None)
                 saved[s] = {k: v.clone() for k, v in m.state_dict().items()}
     return saved, data, opt
 
@@ -231,3 +232,21 @@ def test_info(tmp_path):
     info = run_info(path)
     assert info["checkpoints"] == len(saved) and info["last_step"] == max(saved)
     assert info["bytes_on_disk"] > 0 and "train_loss" in info["metrics"] and info["resumable"]
+
+
+def test_state_snapshots_are_throttled_and_truncate_after_resumes_from_them(tmp_path):
+    path = tmp_path / "run.zarr"
+    m = _model()
+    with Recorder(path, model_spec={"name": "x"}, state_interval=3600) as rec:
+        for s in range(10):
+            rec.save(s, m, state={"step": s})  # only the first is due within the hour
+    run = Run(path)
+    assert run.n == 10 and run.training_state()["step"] == 0
+    with Recorder(path, model_spec={"name": "x"}, mode="a", truncate_after=4) as rec:
+        assert rec.n_committed == 5 and rec.last_step == 4
+        rec.save(5, m, state={"step": 5}, keep_state=True)
+    run = Run(path)
+    np.testing.assert_array_equal(run.steps, np.arange(6))
+    assert run.training_state()["step"] == 5
+    with pytest.raises(ValidationError, match="truncate_after needs mode='a'"):
+        Recorder(tmp_path / "other.zarr", model_spec={}, truncate_after=3)

@@ -91,7 +91,7 @@ def test_full_batch_training_is_deterministic(tmp_path):
 def _resume_cfg():
     return TrainConfig(task="modular", task_args={"p": 11, "train_fraction": 0.5},
                        model_args={"widths": [32], "embed_dim": 8}, batch_size=16,
-                       steps=600, ckpt_every=1, lr=3e-3, weight_decay=0.5, seed=4)
+                       steps=2500, ckpt_every=1, lr=3e-3, weight_decay=0.5, seed=4)
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path):

@@ -150,12 +150,12 @@ def compute_block(plan: Plan, start: int, stop: int, families: tuple, n_hint: in
             if "mi-kde" in fams:
                 p = plan.params["mi-kde"]
                 idx, yk = plan.kde_idx, y[plan.kde_idx]
-                res = {}
-                for bound in ("upper", "lower"):
-                    xt, ty = zip(*(mi_k.mi_kde(hid[k][:, idx], yk, sigma2=p["sigma2"], bound=bound)
-                                   for k in plan.layer_names))
-                    res[f"mi_xt_{bound}"], res[f"mi_ty_{bound}"] = _col(xt, m), _col(ty, m)
-                out["mi-kde"] = res
+                # both bounds from one distance computation per layer
+                per_layer = [mi_k.mi_kde_bounds(hid[k][:, idx], yk, sigma2=p["sigma2"])
+                             for k in plan.layer_names]
+                names = ("mi_xt_upper", "mi_ty_upper", "mi_xt_lower", "mi_ty_lower")
+                out["mi-kde"] = {v: _col([r[j] for r in per_layer], m)
+                                 for j, v in enumerate(names)}
             if "mi-renyi" in fams:
                 p = plan.params["mi-renyi"]
                 idx = plan.renyi_idx

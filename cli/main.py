@@ -93,26 +93,36 @@ def presets():
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("preset", required=False)
-@click.option("--out", "-o", required=True, help="Archive to write (directory or fsspec URL).")
+@click.option("--out", "-o", help="Archive to write (directory or fsspec URL).")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config field (JSON value), e.g. --set steps=5000 --set model_args.widths=[64].",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with MNIST IDX files.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run at --out.")
+@click.option("--resume", "resume_path", metavar="PATH",
+              help="Continue the interrupted run at PATH (its config comes from the archive).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing archive at --out.")
 @click.option("--show-config", is_flag=True, help="Print the final config as JSON and exit.")
-def train(preset, out, overrides, data_dir, resume, overwrite, show_config):
-    """Train PRESET (see `ckptlab presets`) and checkpoint it densely to --out."""
+def train(preset, out, overrides, data_dir, resume_path, overwrite, show_config):
+    """Train PRESET (see `ckptlab presets`) and checkpoint it densely to --out.
+
+    \b
+    ckptlab train quick-grok --out run.zarr
+    ckptlab train --resume run.zarr
+    """
     from trainers import apply_overrides, get_preset, train as run_training
 
-    if resume:
-        if preset or overrides or data_dir:
-            raise click.UsageError("--resume takes its config from the archive: drop PRESET/--set")
-        result = run_training(None, out, resume=True)
+    if resume_path:
+        if preset or overrides or data_dir or out or overwrite:
+            raise click.UsageError(
+                "--resume PATH takes everything from the archive: drop PRESET, --out, --set, "
+                "--data-dir and --overwrite")
+        result = run_training(None, resume_path, resume=True)
     else:
         if not preset:
             raise click.UsageError("PRESET is required (see `ckptlab presets`)")
+        if not out and not show_config:
+            raise click.UsageError("--out is required")
         cfg = get_preset(preset)
         if data_dir:
             overrides = (*overrides, f"task_args.data_dir={json.dumps(str(data_dir))}")

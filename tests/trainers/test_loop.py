@@ -170,6 +170,12 @@ def test_cli_train_presets_and_errors(tmp_path):
     assert res.exit_code == 1 and "train_fraction" in res.output
     res = r.invoke(cli, ["train", "omnigrok-mnist", "--out", out])
     assert res.exit_code == 2 and "--data-dir" in res.output
+    res = r.invoke(cli, ["train", "--resume", out, "--out", out])
+    assert res.exit_code == 2 and "--resume PATH takes everything from the archive" in res.output
+    res = r.invoke(cli, ["train", "--resume", out])  # a finished run: nothing left to do
+    assert res.exit_code == 0, res.output
+    res = r.invoke(cli, ["train", "--resume", str(tmp_path / "none.zarr")])
+    assert res.exit_code == 1 and res.output.startswith("Error: no archive at")
     res = r.invoke(cli, ["info", out])
     assert res.exit_code == 0 and "checkpoints" in res.output
     res = r.invoke(cli, ["--version"])

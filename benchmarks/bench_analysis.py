@@ -258,12 +258,21 @@ def run(*, steps: int, baseline_ckpts: int, tmpdir=None):
                             if nb < n else ""))
             rows.append(Row(f"{fam}: checkpoints/s, 2 workers", 1 / o2, "ckpt/s", 1 / o1,
                             "1 worker"))
-        rows.append(Row("whole analysis: checkpoints/s, 2 workers", 1 / tot_ours2, "ckpt/s",
+        # the whole analysis as a user runs it: one call, every family computed per block
+        whole = dict(metrics=("mi", "lc", "lmn", "weights"), estimators=("binning", "kde"))
+        w1 = min(_ours(run_path, whole, 1) for _ in range(2))
+        w2 = min(_ours(run_path, whole, 2) for _ in range(2))
+        raw["whole"] = {"ours_1_s_per_ckpt": w1, "ours_2_s_per_ckpt": w2,
+                        "baseline_s_per_ckpt": tot_base,
+                        "sum_of_family_runs_1": tot_ours1, "sum_of_family_runs_2": tot_ours2}
+        rows.append(Row("whole analysis: checkpoints/s, 2 workers", 1 / w2, "ckpt/s",
+                        1 / tot_base, "plain loop", Target(">=", 10.0),
+                        note="one analyze() call with every family; baseline: the sum of the "
+                             "per-family loops"))
+        rows.append(Row("whole analysis: checkpoints/s, 1 worker", 1 / w1, "ckpt/s",
                         1 / tot_base, "plain loop", Target(">=", 10.0)))
-        rows.append(Row("whole analysis: checkpoints/s, 1 worker", 1 / tot_ours1, "ckpt/s",
-                        1 / tot_base, "plain loop", Target(">=", 10.0)))
-        rows.append(Row("whole analysis: 2 workers vs 1", 1 / tot_ours2, "ckpt/s",
-                        1 / tot_ours1, "1 worker", Target(">=", 1.7)))
+        rows.append(Row("whole analysis: 2 workers vs 1", 1 / w2, "ckpt/s",
+                        1 / w1, "1 worker", Target(">=", 1.7)))
         # memory: 100 vs 1000 checkpoints
         p100, p1000 = d / "r100.zarr", d / "r1000.zarr"
         _synthetic_run(p100, run_path, 100)

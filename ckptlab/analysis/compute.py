@@ -99,7 +99,6 @@ def compute_block(plan: Plan, start: int, stop: int, families: tuple, n_hint: in
     m = stop - start
     dev = torch.device(plan.device)
     model = build_model(run.model_spec).to(dev)
-    dtype = next(iter(model.parameters())).dtype
     names = list(block)
     sds = [{k: torch.from_numpy(block[k][i]) for k in names} for i in range(m)]
     finite = np.array([_finite(sd) for sd in sds])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
@@ -60,7 +60,6 @@ class AnalysisOptions:
     lmn_samples: int = 100
     constant_rule: str = "one"
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def validated(self) -> AnalysisOptions:
         metrics = _tuple("metrics", self.metrics, lambda m: check_choice("metrics", m, METRICS))

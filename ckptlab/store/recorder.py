@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +29,6 @@ from zarr.core.sync import sync
 from .._checks import check_choice, check_float, check_int
 from ..errors import (
     ArchiveExistsError,
-    ArchiveNotFoundError,
     CkptlabError,
     ShapeMismatchError,
     StepOrderError,

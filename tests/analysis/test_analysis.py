@@ -3,7 +3,6 @@
 import json
 import math
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import torch
 import xarray as xr
 from sklearn.metrics import mutual_info_score
 
-import ckptlab
 from ckptlab.analysis import analyze, load_analysis
 from ckptlab.analysis import api as api_mod
 from ckptlab.errors import CkptlabError, SchedulerError, ValidationError

@@ -19,6 +19,15 @@ _PAPER_TRANSFORMER = {
     "n_layers": 2, "n_heads": 4, "d_model": 128, "d_mlp": 512, "activation": "gelu",
 }
 
+# Shwartz-Ziv & Tishby's set-up: all 4096 12-bit patterns, 80/20 split, 12-10-7-5-4-3-2 tanh
+_TISHBY = dict(
+    task="ib12",
+    task_args={"train_fraction": 0.8},
+    model="mlp",
+    model_args={"widths": [10, 7, 5, 4, 3], "activation": "tanh"},
+    optimizer="adamw",
+)
+
 #: name -> (one-line description, config)
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "quick-grok": (
@@ -38,11 +47,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "quick-ib": (
         "CPU ~1 min: 12-bit task, 12-10-7-5-4-3-2 tanh, batch 64; deep layers' I(X;T) rise, fall",
         TrainConfig(
-            task="ib12",
-            task_args={"train_fraction": 0.8},
-            model="mlp",
-            model_args={"widths": [10, 7, 5, 4, 3], "activation": "tanh"},
-            optimizer="adamw",
+            **_TISHBY,
             lr=4e-3,
             weight_decay=0.0,
             batch_size=64,
@@ -120,11 +125,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "ib-tishby": (
         "Shwartz-Ziv & Tishby: 12-bit task, 12-10-7-5-4-3-2 tanh, Adam lr 4e-4, batch 512",
         TrainConfig(
-            task="ib12",
-            task_args={"train_fraction": 0.8},
-            model="mlp",
-            model_args={"widths": [10, 7, 5, 4, 3], "activation": "tanh"},
-            optimizer="adamw",
+            **_TISHBY,
             lr=4e-4,
             weight_decay=0.0,
             batch_size=512,

@@ -112,7 +112,7 @@ def compute_block(plan: Plan, start: int, stop: int, families: tuple, n_hint: in
     x_probe = _as_input(plan.x_probe, model, dev)
     for i, sd in enumerate(sds):
         model.load_state_dict(sd)
-        model.train(False)  # inference mode (same as .eval())
+        model.train(False)  # inference mode: no dropout or batch-norm updates
         with torch.no_grad():
             if need_hidden:
                 o = model.trunk(model.embed(x_probe))

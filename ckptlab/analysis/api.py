@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 import warnings
 
 import dask
@@ -81,6 +82,12 @@ def _resolve_scheduler(scheduler: str, n_workers):
 
 
 # ----------------------------------------------------------------------------- plan
+def _rng(seed: int, purpose: str) -> np.random.Generator:
+    """A generator of its own per fixed choice: one subset never shifts when another changes
+    size (their cache keys would not notice)."""
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
+
+
 def _pick(rng, n: int, k: int) -> np.ndarray:
     return np.sort(rng.permutation(n)[:k])
 
@@ -272,7 +279,6 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     preact_names = list(model.preact_names)
     sd0 = run.state_dict(0)
     matrix_names = [k for k, v in sd0.items() if v.ndim >= 2 and v.is_floating_point()]
-    rng = np.random.default_rng(opts.seed)
 
     # --- probe set and its fixed subsets (seeded, identical at every checkpoint)
     parts = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
@@ -280,12 +286,13 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     x_all = np.concatenate([data[parts[s][0]] for s in names])
     y_all = np.concatenate([data[parts[s][1]] for s in names]).astype(np.int64)
     n_probe = _size("probe_size", explicit["probe_size"], 4096, len(x_all), "probe examples")
-    probe_idx = _pick(rng, len(x_all), n_probe) if n_probe < len(x_all) else np.arange(len(x_all))
+    probe_idx = (_pick(_rng(opts.seed, "probe"), len(x_all), n_probe) if n_probe < len(x_all)
+                 else np.arange(len(x_all)))
     x_probe, y_probe = x_all[probe_idx], y_all[probe_idx]
     n_kde = _size("kde_samples", explicit["kde_samples"], 1024, n_probe, "probe examples")
     n_renyi = _size("renyi_samples", explicit["renyi_samples"], 512, n_probe, "probe examples")
-    kde_idx = _pick(rng, n_probe, n_kde)
-    renyi_idx = _pick(rng, n_probe, n_renyi)
+    kde_idx = _pick(_rng(opts.seed, "kde"), n_probe, n_kde)
+    renyi_idx = _pick(_rng(opts.seed, "renyi"), n_probe, n_renyi)
     tokens = model.input_kind == "tokens"
     if tokens:
         x_renyi = _onehot_tokens(x_probe[renyi_idx], int(run.model_spec["kwargs"]["vocab_size"]))
@@ -295,7 +302,7 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
 
     n_train = len(data["x_train"])
     n_lmn = _size("lmn_samples", explicit["lmn_samples"], 100, n_train, "training examples")
-    lmn_x = data["x_train"][_pick(rng, n_train, n_lmn)]
+    lmn_x = data["x_train"][_pick(_rng(opts.seed, "lmn"), n_train, n_lmn)]
     lc_x = {}
     n_lc = {}
     for split in opts.lc_splits:
@@ -306,7 +313,7 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
         if split == "random":
             continue
         xs = data[parts[split][0]]
-        lc_x[split] = xs[_pick(rng, len(xs), k)]
+        lc_x[split] = xs[_pick(_rng(opts.seed, f"lc-{split}"), len(xs), k)]
     width = model.embed_width
     n_dir = explicit["n_directions"]
     if n_dir is None:
@@ -317,7 +324,7 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
         )
     if "random" in opts.lc_splits:
         n_rand = n_lc["random"] if explicit["lc_points"] is not None else 256
-        lc_x["random"] = rng.uniform(size=(n_rand, width))
+        lc_x["random"] = _rng(opts.seed, "lc-random").uniform(size=(n_rand, width))
     directions = cross_polytope_directions(width, n_directions=n_dir, seed=opts.seed).numpy()
     bounds = None
     if not tokens and opts.clip:

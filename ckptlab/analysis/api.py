@@ -349,6 +349,8 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
             "points": n_lc, "include_output": opts.include_output,
             "clip": None if bounds is None else list(bounds), "seed": opts.seed,
         }
+        if "random" in opts.lc_splits:  # random points fill the probe set's bounding box
+            fam_params["lc"]["probe"] = probe_params
     if "lmn" in opts.metrics:
         fam_params["lmn"] = {"n": int(n_lmn), "constant_rule": opts.constant_rule,
                              "seed": opts.seed, "n_interp": 21}

@@ -288,6 +288,7 @@ def test_each_fixed_subset_has_its_own_generator(tanh_run):
     # the LMN and LC subsets must not shift when the MI probe subset changes size: their cache
     # keys do not include the probe, so a shift would silently reuse results of other subsets
     kw = dict(metrics=("lmn", "lc"), lmn_samples=10, lc_points=8, radii=(0.1,), store=False,
+              lc_splits=("train", "test"),
               scheduler="synchronous")
     a = analyze(tanh_run, probe_size=100, **kw)
     b = analyze(tanh_run, probe_size=300, **kw)

@@ -146,7 +146,8 @@ def segment(
         Fraction of the post-peak drop of test loss that marks ``second_descent_start``, in
         (0, 1).
     smooth : float, default 0.1
-        Smoothing scale in decades of step: running median over +-smooth, then Gaussian
+        Smoothing scale in decades of step: running median over +-smooth (spacing-weighted,
+        mirrored past the run's ends so end trends are not lagged), then Gaussian
         local-linear regression with this standard deviation (both widened where checkpoints
         are sparser than 5 per window). 0 disables smoothing.
     snr : float, default 3.0
@@ -283,7 +284,9 @@ def segment(
         "run_name": str(ds.attrs.get("run_name", "")),
         "log_step_rule": _LOG_STEP_RULE,
         "smoothing": (f"checkpoints closer than 1/200 decade pooled (median), then a running "
-                      f"median over +-{opts['smooth']:g} decades and Gaussian local-linear "
+                      f"median over +-{opts['smooth']:g} decades (each checkpoint weighted by "
+                      f"the log-step it covers; the series mirrored past both ends about a "
+                      f"Theil-Sen end level, so trends are not lagged there) and Gaussian local-linear "
                       f"regression with sigma {opts['smooth']:g} decades, both widened to the "
                       f"4th nearest checkpoint where checkpoints are sparse"),
         "significance": (f"a change counts if larger than snr={opts['snr']:g} x the robust "

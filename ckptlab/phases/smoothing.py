@@ -61,16 +61,119 @@ def _row_chunks(n: int, width: int):
 def running_median(x: np.ndarray, y: np.ndarray, half_width) -> np.ndarray:
     """Median of ``y`` over the points within ``half_width`` decades of each point
     (a scalar or one half-width per point)."""
-    lo, hi = _windows(x, half_width)
+    return _window_median(x, np.broadcast_to(np.asarray(half_width, float), x.shape), x, y)
+
+
+def _window_median(xq: np.ndarray, hq: np.ndarray, x: np.ndarray, y: np.ndarray, *,
+                   by_span: bool = False) -> np.ndarray:
+    """Median of the ``y`` at the ``x`` within ``hq`` decades of each query point ``xq``.
+
+    With ``by_span`` each point counts by the stretch of log-step it stands for (its share of
+    the window: half the gaps to its neighbours, clipped to the window) rather than once, so
+    the median is taken over the window's length, not over its points: on a monotone curve
+    it is then the value at the window's centre even where checkpoints are unevenly spaced
+    (steps 1, 2, 3, ...), where a plain median returns the value of the middle checkpoint,
+    which lies on the denser side.
+    """
+    lo = np.searchsorted(x, xq - hq, side="left")
+    hi = np.searchsorted(x, xq + hq, side="right")
     width = int((hi - lo).max())
-    out = np.empty_like(y, dtype=float)
+    out = np.empty(len(xq), dtype=float)
     offsets = np.arange(width)
-    for rows in _row_chunks(len(x), width):
+    if by_span:
+        mid = 0.5 * (x[1:] + x[:-1])
+        cell_lo = np.concatenate([[-np.inf], mid])
+        cell_hi = np.concatenate([mid, [np.inf]])
+    for rows in _row_chunks(len(xq), width):
         idx = lo[rows, None] + offsets
         inside = idx < hi[rows, None]
-        vals = np.where(inside, y[np.minimum(idx, len(y) - 1)], np.nan)
-        out[rows] = np.nanmedian(vals, axis=1)
+        idx = np.minimum(idx, len(y) - 1)
+        if not by_span:
+            out[rows] = np.nanmedian(np.where(inside, y[idx], np.nan), axis=1)
+            continue
+        a = xq[rows, None] - hq[rows, None]
+        b = xq[rows, None] + hq[rows, None]
+        w = np.where(inside, np.clip(cell_hi[idx], a, b) - np.clip(cell_lo[idx], a, b), 0.0)
+        vals = np.where(inside, y[idx], np.inf)
+        order = np.argsort(vals, axis=1, kind="stable")
+        vals = np.take_along_axis(vals, order, 1)
+        cum = np.cumsum(np.take_along_axis(w, order, 1), axis=1)
+        half = 0.5 * cum[:, -1:]
+        tol = 1e-9 * cum[:, -1:]
+        # Where the cumulative weight meets half exactly, average the two middle values,
+        # as the plain median does for an even count.
+        i_lo = np.argmax(cum >= half - tol, axis=1)
+        i_hi = np.argmax(cum > half + tol, axis=1)
+        r = np.arange(len(i_lo))
+        out[rows] = 0.5 * (vals[r, i_lo] + vals[r, i_hi])
     return out
+
+
+def _end_pivot(x: np.ndarray, y: np.ndarray, half_width: float) -> float:
+    """Theil-Sen line through the points within ``half_width`` decades of ``x[-1]``,
+    evaluated at ``x[-1]``: a robust estimate of the curve's value at the end of the run
+    that, unlike a median of the last points, does not lag a trend."""
+    inside = x >= x[-1] - half_width
+    xs, ys = x[inside], y[inside]
+    i, j = np.triu_indices(len(xs), k=1)
+    slope = float(np.median((ys[j] - ys[i]) / (xs[j] - xs[i]))) if len(i) else 0.0
+    return float(np.median(ys - slope * (xs - xs[-1])))
+
+
+def boundary_running_median(x: np.ndarray, y: np.ndarray, half_width: np.ndarray
+                            ) -> np.ndarray:
+    """Running median over +-``half_width`` decades that follows trends up to the ends of
+    the run and where checkpoints are unevenly spaced.
+
+    Two changes from :func:`running_median`, both so that a straight line (in log-step)
+    passes through unchanged everywhere while isolated spikes are still removed:
+
+    - Near an end a plain running median sees a one-sided window and returns the value from
+      about half a window back, so the curve lags there (a still-rising test accuracy ends
+      low, and the local-linear fit that follows extrapolates the lag). Here the series is
+      first extended past each end by its point reflection about (end, robust end value),
+      the 'odd' padding of :func:`scipy.signal.filtfilt`, so every window is symmetric.
+      ckptlab differs from filtfilt in the pivot: filtfilt reflects about the last sample
+      itself, which passes its noise (or a spike) into every value near the end; here the
+      pivot is the Theil-Sen line through the points within ``half_width`` of the end,
+      evaluated at the end: robust to spikes and, unlike a median of the last points,
+      without lag on a trend.
+    - Each checkpoint counts by the stretch of log-step it stands for (half the gaps to its
+      neighbours, clipped to the window), not once: where checkpoints are uneven (steps
+      1, 2, 3, ... at the start of a run) a plain median returns the value of the middle
+      checkpoint, which lies on the denser side of the window. On any noiseless monotone
+      curve the result is then the curve itself.
+
+    Parameters
+    ----------
+    x : ndarray of float
+        log10(step), strictly increasing and finite, at least 2 points.
+    y : ndarray of float
+        Finite values at ``x``.
+    half_width : ndarray of float
+        Half-width of each point's window in decades, > 0.
+
+    Returns
+    -------
+    ndarray of float
+        The running median at every ``x``.
+
+    References
+    ----------
+    P. K. Sen, "Estimates of the regression coefficient based on Kendall's tau", Journal of
+    the American Statistical Association 63 (1968) 1379-1389 (the Theil-Sen line).
+    """
+    # How far past each end the windows reach, hence how much to mirror there.
+    reach_r = float(np.max(x + half_width)) - x[-1]
+    reach_l = x[0] - float(np.min(x - half_width))
+    pr = _end_pivot(x, y, float(half_width[-1]))
+    pl = -_end_pivot(-x[::-1], -y[::-1], float(half_width[0]))
+    # The end points themselves are the centres of the reflections, not mirrored.
+    right = np.flatnonzero(x[:-1] >= x[-1] - reach_r)[::-1]
+    left = np.flatnonzero(x[1:] <= x[0] + reach_l)[::-1] + 1
+    xa = np.concatenate([2 * x[0] - x[left], x, 2 * x[-1] - x[right]])
+    ya = np.concatenate([2 * pl - y[left], y, 2 * pr - y[right]])
+    return _window_median(x, half_width, xa, ya, by_span=True)
 
 
 def local_linear(x: np.ndarray, y: np.ndarray, sigma) -> np.ndarray:
@@ -110,7 +213,9 @@ def smooth_log(x: np.ndarray, y: np.ndarray, width: float) -> np.ndarray:
     """Robustly smooth ``y`` sampled at log-steps ``x``.
 
     Points closer than 1/200 decade are first pooled (median per bin). Then a running median
-    over +-h decades (removes isolated spikes, e.g. loss spikes or a bad batch) is followed by
+    over +-h decades (removes isolated spikes, e.g. loss spikes or a bad batch; made
+    unbiased on trends at the ends of the run and on uneven schedules by
+    :func:`boundary_running_median`) is followed by
     Gaussian local-linear regression with standard deviation h, where h = ``width`` or, where
     checkpoints are sparse on log-step, the distance to the 4th nearest checkpoint (so every
     window holds at least 5 points). The result is interpolated back to every ``x``.
@@ -137,7 +242,7 @@ def smooth_log(x: np.ndarray, y: np.ndarray, width: float) -> np.ndarray:
     if len(xb) < 3:
         return np.full_like(y, np.median(y))
     h = np.maximum(width, knn_distance(xb, _MIN_NEIGHBOURS))
-    return np.interp(x, xb, local_linear(xb, running_median(xb, yb, h), h))
+    return np.interp(x, xb, local_linear(xb, boundary_running_median(xb, yb, h), h))
 
 
 def bin_medians(x: np.ndarray, y: np.ndarray, per_decade: int = _BINS_PER_DECADE

@@ -150,7 +150,7 @@ def train(
     """
     if resume and overwrite:
         raise ValidationError("resume and overwrite exclude each other: choose one")
-    start_step = 0
+    start_step, at, run, state = 0, 0, None, None
     if resume:
         run = Run(out)
         cfg = TrainConfig.from_dict(run.config)
@@ -160,7 +160,8 @@ def train(
         # the state is snapshot at most once per second, so it may be a few checkpoints
         # older than the newest one: resume from it and regenerate those (bit-identical)
         start_step = int(state["step"])
-        if start_step not in set(run.steps.tolist()):
+        at = int(np.searchsorted(run.steps, start_step))  # its checkpoint's position
+        if at >= run.n or int(run.steps[at]) != start_step:
             raise CkptlabError(
                 f"{out!s}: training state is for step {start_step}, which is not a checkpoint"
             )
@@ -169,13 +170,13 @@ def train(
     torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
-                      start_step=start_step, run=run if resume else None,
-                      state=state if resume else None)
+                      start_step=start_step, at=at, run=run, state=state)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> TrainResult:
+def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state) -> TrainResult:
+    """The loop of :func:`train`; when resuming, ``at`` is the position of ``start_step``."""
     device = _device(cfg)
     dtype = getattr(torch, cfg.dtype)
     task = build_task(cfg)
@@ -184,7 +185,6 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
     opt = _optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if resume:
-        at = int(np.searchsorted(run.steps, start_step))
         model.load_state_dict({k: v.to(device) for k, v in run.state_dict(at).items()})
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
@@ -217,7 +217,6 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, run, state) -> 
     t0 = time.perf_counter()
     wall0 = 0.0
     if resume:
-        at = int(np.searchsorted(run.steps, start_step))
         wall0 = float(run.metrics().get("wall_time", np.zeros(run.n))[at])
     metrics: dict = {}
     next_ckpt = 0

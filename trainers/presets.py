@@ -15,9 +15,20 @@ from .config import TrainConfig
 
 __all__ = ["PRESETS", "get_preset"]
 
-_PAPER_TRANSFORMER = {
-    "n_layers": 2, "n_heads": 4, "d_model": 128, "d_mlp": 512, "activation": "gelu",
-}
+# de Mello Koch & Ghosh's shared set-up: 2 layers, 4 heads, d_model 128, MLP 512, GELU; AdamW
+# lr 1e-3 without weight decay, 1e6 steps. Batch size is not stated in the paper: 512.
+_PAPER = dict(
+    model="transformer",
+    model_args={"n_layers": 2, "n_heads": 4, "d_model": 128, "d_mlp": 512, "activation": "gelu"},
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=0.0,
+    betas=(0.9, 0.98),
+    batch_size=512,
+    steps=1_000_000,
+    device="cuda",
+    ckpt_per_decade=40,
+)
 
 # Shwartz-Ziv & Tishby's set-up: all 4096 12-bit patterns, 80/20 split, 12-10-7-5-4-3-2 tanh
 _TISHBY = dict(
@@ -77,16 +88,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         TrainConfig(
             task="modular",
             task_args={"p": 96, "op": "div", "train_fraction": 0.4},
-            model="transformer",
-            model_args=dict(_PAPER_TRANSFORMER),
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=0.0,
-            betas=(0.9, 0.98),
-            batch_size=512,
-            steps=1_000_000,
-            device="cuda",
-            ckpt_per_decade=40,
+            **_PAPER,
         ),
     ),
     "paper-s5": (
@@ -94,16 +96,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         TrainConfig(
             task="permutation",
             task_args={"n": 5, "train_fraction": 0.5},
-            model="transformer",
-            model_args=dict(_PAPER_TRANSFORMER),
-            optimizer="adamw",
-            lr=1e-3,
-            weight_decay=0.0,
-            betas=(0.9, 0.98),
-            batch_size=512,
-            steps=1_000_000,
-            device="cuda",
-            ckpt_per_decade=40,
+            **_PAPER,
         ),
     ),
     "omnigrok-digits": (

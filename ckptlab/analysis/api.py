@@ -27,7 +27,7 @@ from ..store import Run
 from ..store import format as fmt
 from .cache import FamilyCache
 from .compute import FAMILY_VARS, Plan, compute_block
-from .options import AnalysisOptions, family_key
+from .options import SUBSET_CAPS, AnalysisOptions, family_key
 
 __all__ = ["analyze", "load_analysis", "VAR_META"]
 
@@ -223,17 +223,14 @@ def analyze(
     ArchiveError
         The archive cannot be read, or holds no checkpoints or no data.
     """
+    explicit = dict(probe_size=probe_size, kde_samples=kde_samples, renyi_samples=renyi_samples,
+                    n_directions=n_directions, lc_points=lc_points, lmn_samples=lmn_samples)
     opts = AnalysisOptions(
         metrics=metrics, estimators=estimators, n_bins=n_bins, binning_range=binning_range,
-        sigma2=sigma2, alpha=alpha, gamma=gamma, probe=probe,
-        probe_size=4096 if probe_size is None else probe_size,
-        kde_samples=1024 if kde_samples is None else kde_samples,
-        renyi_samples=512 if renyi_samples is None else renyi_samples,
-        radii=radii, n_directions=25 if n_directions is None else n_directions,
-        lc_points=256 if lc_points is None else lc_points, lc_splits=lc_splits,
-        include_output=include_output, clip=clip,
-        lmn_samples=100 if lmn_samples is None else lmn_samples,
+        sigma2=sigma2, alpha=alpha, gamma=gamma, probe=probe, radii=radii,
+        lc_splits=lc_splits, include_output=include_output, clip=clip,
         constant_rule=constant_rule, seed=seed,
+        **{k: v for k, v in explicit.items() if v is not None},
     ).validated()
     check_int("block_size", block_size, min=1)
     check_choice("device", device, ("cpu", "cuda"))
@@ -247,10 +244,8 @@ def analyze(
             raise ValidationError(f"{name} must be a bool, got {v!r}")
     kind, client = _resolve_scheduler(scheduler, n_workers)
     try:
-        return _analyze(path, opts, dict(
-            probe_size=probe_size, kde_samples=kde_samples, renyi_samples=renyi_samples,
-            n_directions=n_directions, lc_points=lc_points, lmn_samples=lmn_samples,
-        ), block_size, kind, client, n_workers, device, store, compute, progress)
+        return _analyze(path, opts, explicit, block_size, kind, client, n_workers, device,
+                        store, compute, progress)
     finally:
         if client is not None:
             client.close()
@@ -285,12 +280,12 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     names = ("train", "test") if opts.probe == "all" else (opts.probe,)
     x_all = np.concatenate([data[parts[s][0]] for s in names])
     y_all = np.concatenate([data[parts[s][1]] for s in names]).astype(np.int64)
-    n_probe = _size("probe_size", explicit["probe_size"], 4096, len(x_all), "probe examples")
+    n_probe = _size("probe_size", explicit["probe_size"], SUBSET_CAPS["probe_size"], len(x_all), "probe examples")
     probe_idx = (_pick(_rng(opts.seed, "probe"), len(x_all), n_probe) if n_probe < len(x_all)
                  else np.arange(len(x_all)))
     x_probe, y_probe = x_all[probe_idx], y_all[probe_idx]
-    n_kde = _size("kde_samples", explicit["kde_samples"], 1024, n_probe, "probe examples")
-    n_renyi = _size("renyi_samples", explicit["renyi_samples"], 512, n_probe, "probe examples")
+    n_kde = _size("kde_samples", explicit["kde_samples"], SUBSET_CAPS["kde_samples"], n_probe, "probe examples")
+    n_renyi = _size("renyi_samples", explicit["renyi_samples"], SUBSET_CAPS["renyi_samples"], n_probe, "probe examples")
     kde_idx = _pick(_rng(opts.seed, "kde"), n_probe, n_kde)
     renyi_idx = _pick(_rng(opts.seed, "renyi"), n_probe, n_renyi)
     tokens = model.input_kind == "tokens"
@@ -301,13 +296,13 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     probe_params = {"probe": opts.probe, "n": int(n_probe), "seed": opts.seed}
 
     n_train = len(data["x_train"])
-    n_lmn = _size("lmn_samples", explicit["lmn_samples"], 100, n_train, "training examples")
+    n_lmn = _size("lmn_samples", explicit["lmn_samples"], SUBSET_CAPS["lmn_samples"], n_train, "training examples")
     lmn_x = data["x_train"][_pick(_rng(opts.seed, "lmn"), n_train, n_lmn)]
     lc_x = {}
     n_lc = {}
     for split in opts.lc_splits:
         avail = len(data[parts[split][0]]) if split != "random" else 10**9
-        k = _size("lc_points", explicit["lc_points"], 256, avail,
+        k = _size("lc_points", explicit["lc_points"], SUBSET_CAPS["lc_points"], avail,
                   f"{split} examples" if split != "random" else "points")
         n_lc[split] = k
         if split == "random":
@@ -317,13 +312,13 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     width = model.embed_width
     n_dir = explicit["n_directions"]
     if n_dir is None:
-        n_dir = min(25, width)
+        n_dir = min(SUBSET_CAPS["n_directions"], width)
     elif n_dir > width:
         raise ValidationError(
             f"n_directions must be <= the input (embedding) width {width}, got {n_dir}"
         )
     if "random" in opts.lc_splits:
-        n_rand = n_lc["random"] if explicit["lc_points"] is not None else 256
+        n_rand = n_lc["random"] if explicit["lc_points"] is not None else SUBSET_CAPS["lc_points"]
         lc_x["random"] = _rng(opts.seed, "lc-random").uniform(size=(n_rand, width))
     directions = cross_polytope_directions(width, n_directions=n_dir, seed=opts.seed).numpy()
     bounds = None

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
 
-__all__ = ["AnalysisOptions", "METRICS", "ESTIMATORS", "family_key"]
+__all__ = ["AnalysisOptions", "METRICS", "ESTIMATORS", "SUBSET_CAPS", "family_key"]
 
 #: Metric names a user may ask for.
 METRICS = ("mi", "lc", "lmn", "weights", "rank")
 #: MI estimator names a user may ask for ("kde" yields the upper and the lower bound).
 ESTIMATORS = ("binning", "adaptive", "kde", "renyi")
 SPLITS = ("train", "test", "random")
+#: Default sizes of the fixed subsets: "all, up to this many" when the user gives none.
+SUBSET_CAPS = {"probe_size": 4096, "kde_samples": 1024, "renyi_samples": 512,
+               "lc_points": 256, "lmn_samples": 100, "n_directions": 25}
 
 
 def _tuple(name, value, item_check):
@@ -48,16 +51,16 @@ class AnalysisOptions:
     alpha: float = 1.01
     gamma: float = 1.0
     probe: str = "all"
-    probe_size: int = 4096
-    kde_samples: int = 1024
-    renyi_samples: int = 512
+    probe_size: int = SUBSET_CAPS["probe_size"]
+    kde_samples: int = SUBSET_CAPS["kde_samples"]
+    renyi_samples: int = SUBSET_CAPS["renyi_samples"]
     radii: tuple = (0.005, 0.05, 0.5)
-    n_directions: int = 25
-    lc_points: int = 256
+    n_directions: int = SUBSET_CAPS["n_directions"]
+    lc_points: int = SUBSET_CAPS["lc_points"]
     lc_splits: tuple = SPLITS
     include_output: bool = False
     clip: bool = True
-    lmn_samples: int = 100
+    lmn_samples: int = SUBSET_CAPS["lmn_samples"]
     constant_rule: str = "one"
     seed: int = 0
 

@@ -20,6 +20,7 @@ import torch
 
 from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
+from ._tensors import as_tensor
 
 __all__ = ["linear_mapping_matrix", "lmn_from_matrix", "linear_mapping_number"]
 
@@ -182,11 +183,7 @@ def _eps(dtype: torch.dtype) -> float:
 
 
 def _check_h(h) -> torch.Tensor:
-    if not isinstance(h, torch.Tensor):
-        try:
-            h = torch.as_tensor(np.asarray(h))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValidationError(f"h must be a 2-D tensor (N, d1), got {h!r}") from exc
+    h = as_tensor(h, f"h must be a 2-D tensor (N, d1), got {h!r}")
     if h.ndim != 2 or h.shape[0] < 2 or h.shape[1] < 1:
         raise ValidationError(
             f"h must be a 2-D tensor (N, d1) with N >= 2 samples and d1 >= 1, "

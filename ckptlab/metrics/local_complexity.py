@@ -20,6 +20,7 @@ import torch
 
 from .._checks import check_float, check_int
 from ..errors import ValidationError
+from ._tensors import as_tensor
 
 __all__ = ["cross_polytope_directions", "local_complexity"]
 
@@ -201,11 +202,7 @@ def local_complexity(
     ----------
     Humayun, Balestriero and Baraniuk (2024), arXiv:2402.15555.
     """
-    if not isinstance(points, torch.Tensor):
-        try:
-            points = torch.as_tensor(np.asarray(points))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValidationError(f"points must be a 2-D tensor (N, D), got {points!r}") from exc
+    points = as_tensor(points, f"points must be a 2-D tensor (N, D), got {points!r}")
     if points.ndim != 2 or points.shape[0] < 1 or points.shape[1] < 1:
         raise ValidationError(
             f"points must be a 2-D tensor (N, D) with N >= 1 and D >= 1, "
@@ -214,13 +211,9 @@ def local_complexity(
     if not points.is_floating_point():
         points = points.to(torch.get_default_dtype())
     n_points, dim = points.shape
-    if not isinstance(directions, torch.Tensor):
-        try:
-            directions = torch.as_tensor(np.asarray(directions))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValidationError(
-                f"directions must be a 2-D tensor (P, D), got {directions!r}"
-            ) from exc
+    directions = as_tensor(
+        directions, f"directions must be a 2-D tensor (P, D), got {directions!r}"
+    )
     if directions.ndim != 2 or directions.shape[1] != dim or directions.shape[0] < 1:
         raise ValidationError(
             f"directions must be a 2-D tensor (P, D) with P >= 1 and D = {dim} (the points' "

@@ -21,6 +21,7 @@ import torch
 
 from .._checks import check_int
 from ..errors import ValidationError
+from ._tensors import as_tensor
 
 __all__ = ["matrix_stats", "total_l2_norm", "representation_effective_rank"]
 
@@ -29,15 +30,7 @@ MATRIX_STAT_KEYS = ("frobenius_norm", "spectral_norm", "stable_rank", "effective
 
 def _to_float64_tensor(name: str, value) -> torch.Tensor:
     """Any real array (numpy, torch, nested lists) as a float64 CPU tensor."""
-    if isinstance(value, torch.Tensor):
-        t = value.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValidationError(
-                f"{name} must be a real array, got {type(value).__name__}"
-            ) from exc
+    t = as_tensor(value, f"{name} must be a real array, got {type(value).__name__}").detach()
     if t.is_complex() or t.dtype == torch.bool:
         raise ValidationError(f"{name} must be a real array, got dtype {t.dtype}")
     return t.to(device="cpu", dtype=torch.float64)

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: env test demo bench clean
+.PHONY: env test demo bench stress clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: env
 
 bench: env
 	$(PY) -m benchmarks
+
+# SIGKILL writers at random moments (100 trials, a few minutes); not part of `make test`
+stress: env
+	$(PY) tests/store/_stress.py --trials 100
 
 clean:
 	rm -rf $(VENV) $(OUT) *.egg-info

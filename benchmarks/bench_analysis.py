@@ -38,7 +38,8 @@ FAMILIES = {  # family -> analyze() keywords
     "weights": dict(metrics=("weights",)),
 }
 COMMON = dict(probe_size=1024, kde_samples=512, radii=(0.05,), lc_points=64,
-              lc_splits=("train", "test"), lmn_samples=40, sigma2=0.1)
+              lc_splits=("train", "test"), lmn_samples=40, sigma2=0.1,
+              lc_activations="any")  # a tanh network: zero-set counts (no linear regions)
 
 
 # ----------------------------------------------------------------------------- set-up

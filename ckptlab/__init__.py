@@ -13,9 +13,26 @@ __version__ = "0.1.0"
 from . import accessor as _accessor  # noqa: E402,F401  (registers ds.ckpt)
 from .analysis import analyze, load_analysis  # noqa: E402
 from .errors import CkptlabError  # noqa: E402
-from .phases import align_runs, format_phase_table, seg_to_json, segment  # noqa: E402
-from .plot import plot_information_plane, plot_overview  # noqa: E402
-from .store import FORMAT_VERSION, Recorder, Run, open_run, run_info  # noqa: E402
+from .phases import (  # noqa: E402
+    align_runs,
+    format_mi_summary,
+    format_phase_table,
+    mi_summary,
+    seg_to_json,
+    segment,
+)
+from .plot import plot_information_plane, plot_overview, plot_resolution_curve  # noqa: E402
+from .store import (  # noqa: E402
+    FORMAT_VERSION,
+    ImportResult,
+    Recorder,
+    Run,
+    VerifyReport,
+    import_checkpoints,
+    open_run,
+    run_info,
+    verify,
+)
 
 __all__ = [
     "__version__",
@@ -24,6 +41,10 @@ __all__ = [
     "Run",
     "open_run",
     "run_info",
+    "import_checkpoints",
+    "ImportResult",
+    "verify",
+    "VerifyReport",
     "FORMAT_VERSION",
     "analyze",
     "load_analysis",
@@ -31,6 +52,9 @@ __all__ = [
     "align_runs",
     "format_phase_table",
     "seg_to_json",
+    "mi_summary",
+    "format_mi_summary",
     "plot_overview",
     "plot_information_plane",
+    "plot_resolution_curve",
 ]

@@ -12,6 +12,7 @@ import xarray as xr
 from .phases import segment as _segment
 from .plot import plot_information_plane as _plot_information_plane
 from .plot import plot_overview as _plot_overview
+from .plot import plot_resolution_curve as _plot_resolution_curve
 
 __all__ = ["CkptAccessor"]
 
@@ -30,7 +31,7 @@ def _forwards(func, public: str):
 @xr.register_dataset_accessor("ckpt")
 class CkptAccessor:
     """ckptlab methods on an analysis Dataset: ``ds.ckpt.segment()``, ``ds.ckpt.plot()``,
-    ``ds.ckpt.information_plane()``."""
+    ``ds.ckpt.information_plane()``, ``ds.ckpt.resolution_curve()``."""
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds
@@ -46,3 +47,7 @@ class CkptAccessor:
     @_forwards(_plot_information_plane, "ckptlab.plot.plot_information_plane")
     def information_plane(self, **kwargs):
         return _plot_information_plane(self._ds, **kwargs)
+
+    @_forwards(_plot_resolution_curve, "ckptlab.plot.plot_resolution_curve")
+    def resolution_curve(self, seg: xr.Dataset | None = None, **kwargs):
+        return _plot_resolution_curve(self._ds, seg, **kwargs)

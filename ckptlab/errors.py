@@ -22,6 +22,14 @@ __all__ = [
     "DataError",
     "TrainingDivergedError",
     "SchedulerError",
+    "CheckpointSourceError",
+    "NoCheckpointsError",
+    "UnsafeCheckpointError",
+    "StepParseError",
+    "DuplicateStepError",
+    "StepMismatchError",
+    "ChecksumError",
+    "ArchiveLockedError",
 ]
 
 
@@ -79,3 +87,53 @@ class TrainingDivergedError(CkptlabError):
 
 class SchedulerError(CkptlabError):
     """A Dask scheduler could not be reached or created."""
+
+
+class CheckpointSourceError(CkptlabError, ValueError):
+    """Checkpoint files to import are unreadable or inconsistent (``ckptlab import``)."""
+
+
+class NoCheckpointsError(CheckpointSourceError):
+    """The source of an import is empty or holds no recognised checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointSourceError):
+    """A torch.save file needs unpickling of arbitrary Python objects; it is refused."""
+
+
+class StepParseError(CheckpointSourceError):
+    """No training step can be read from a checkpoint's name or its step entry."""
+
+
+class DuplicateStepError(CheckpointSourceError):
+    """Two checkpoints to import have the same training step."""
+
+
+class StepMismatchError(CheckpointSourceError):
+    """A checkpoint's name and its ``global_step``/``step`` entry give different steps."""
+
+
+class ChecksumError(CorruptArchiveError):
+    """A stored chunk fails its crc32c checksum: its bytes changed after they were written.
+
+    Attributes ``array`` (e.g. ``"params/0.weight"``), ``chunk`` (the storage key),
+    ``rows`` (first and last checkpoint position it holds, or None) and ``steps`` (first and
+    last training step, or None) name what is lost.
+    """
+
+    def __init__(self, message: str, *, array: str | None = None, chunk: str | None = None,
+                 rows: tuple[int, int] | None = None, steps: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.array, self.chunk, self.rows, self.steps = array, chunk, rows, steps
+
+
+class ArchiveLockedError(ArchiveError):
+    """Another process is writing the archive (one writer per archive).
+
+    Attribute ``holder`` is the lock record of that process (pid, host, since, command) or
+    None when it could not be read.
+    """
+
+    def __init__(self, message: str, *, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = holder

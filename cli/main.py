@@ -7,6 +7,7 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -24,6 +25,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CkptlabError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # an unreadable input, an unwritable output
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -62,9 +66,16 @@ def info(path, as_json):
         return
     model = d["model"] or {}
     task = d["task"] or {}
+    if model:
+        model_row = f"{model.get('name', '?')} {json.dumps(model.get('kwargs', {}))}"
+    elif d.get("model_info", {}).get("class"):
+        model_row = (f"{d['model_info']['class']} (recorded for information; analyse with "
+                     "--model MODULE:FACTORY)")
+    else:
+        model_row = "none recorded (analyse with --model MODULE:FACTORY)"
     rows = [
         ("archive", f"{d['path']} (format {d['format_version']})"),
-        ("model", f"{model.get('name', '?')} {json.dumps(model.get('kwargs', {}))}"),
+        ("model", model_row),
         ("parameters", f"{d['n_parameters']:,}"),
         ("task", f"{task.get('name', '?')} {json.dumps(task.get('params', {}))}" if task else "-"),
         ("seed", str(d["seed"])),
@@ -157,10 +168,79 @@ def _csv(kind):
     return convert
 
 
+class _warnings_as_lines:
+    """Library warnings (a family skipped, NaN checkpoints) as one ``Warning: ...`` line each."""
+
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings(record=True)
+        self._seen = self._cm.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        seen = list(self._seen)
+        self._cm.__exit__(*exc)
+        shown = set()
+        for w in seen:
+            text = str(w.message)
+            if issubclass(w.category, (RuntimeWarning, UserWarning)) and text not in shown:
+                shown.add(text)
+                click.echo(f"Warning: {text}", err=True)
+        return False
+
+
+def _model_factory(ctx, param, value):
+    """``--model MODULE:ATTR``: the user's own factory (or class, or module instance).
+
+    The import path is typed by the user on the command line; nothing named inside an archive
+    is ever imported. The current directory is importable, as with ``python -m``.
+    """
+    if value is None:
+        return None
+    import importlib
+    import os
+
+    mod_name, sep, attr = value.partition(":")
+    if not sep or not mod_name or not attr:
+        raise click.ClickException(
+            f"--model must look like MODULE:FACTORY (e.g. mypkg.models:make_net), got {value!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise click.ClickException(
+            f"--model: cannot import module {mod_name!r}: {type(exc).__name__}: {exc}")
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.ClickException(f"--model: module {mod_name!r} has no attribute {attr!r}")
+    return obj
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("path")
-@click.option("--metrics", callback=_csv(str), help="Comma-separated: mi,lc,lmn,weights,rank (default all).")
-@click.option("--estimators", callback=_csv(str), help="MI estimators: binning,adaptive,kde,renyi (default all).")
+@click.option("--model", "model", callback=_model_factory, metavar="MODULE:FACTORY",
+              help="Your model: a zero-argument factory (or class) returning the nn.Module the "
+                   "checkpoints belong to, e.g. mypkg.models:make_net.")
+@click.option("--layers", callback=_csv(str), help="Modules whose outputs are the hidden layers "
+              "(default: the activation modules), e.g. fc1,fc2.")
+@click.option("--embedding", help="Module whose output is the first continuous representation.")
+@click.option("--lmn-from", help="Module output where the linear mapping number cuts the model.")
+@click.option("--preacts", callback=_csv(str), help="Modules whose inputs local complexity counts.")
+@click.option("--position", type=int, help="Sequence models: read this position (e.g. -1) only.")
+@click.option("--lc-activations", type=click.Choice(["piecewise_linear", "any"]),
+              default="piecewise_linear", show_default=True,
+              help="Which activations local complexity counts.")
+@click.option("--metrics", callback=_csv(str), help="Comma-separated: mi,lc,lmn,weights,rank (default all that apply).")
+@click.option("--estimators", callback=_csv(str),
+              help="MI estimators: binning, adaptive, kde, renyi, kde_rel, renyi_norm, "
+                   "pca_binning, pca_knn (default binning,kde,kde_rel,renyi_norm,pca_binning).")
+@click.option("--resolutions", callback=_csv(float),
+              help="Relative resolutions of kde_rel and pca_knn (default 0.1,0.3,1,3).")
 @click.option("--n-bins", type=int, default=30, show_default=True, help="Bins per unit (binning).")
 @click.option("--sigma2", type=float, default=0.1, show_default=True, help="KDE noise variance.")
 @click.option("--radii", callback=_csv(float), help="Local-complexity radii (default 0.005,0.05,0.5).")
@@ -174,8 +254,9 @@ def _csv(kind):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every fixed random choice.")
 @click.option("--no-store", is_flag=True, help="Do not keep results in the archive.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def analyze(path, metrics, estimators, n_bins, sigma2, radii, probe_size, lmn_samples, block_size,
-            scheduler, n_workers, device, seed, no_store, progress):
+def analyze(path, model, layers, embedding, lmn_from, preacts, position, lc_activations, metrics,
+            estimators, resolutions, n_bins, sigma2, radii, probe_size, lmn_samples, block_size, scheduler,
+            n_workers, device, seed, no_store, progress):
     """Compute progress measures on every checkpoint of the run at PATH.
 
     Results are kept in the archive; running it again computes only what is missing.
@@ -191,12 +272,17 @@ def analyze(path, metrics, estimators, n_bins, sigma2, radii, probe_size, lmn_sa
         kw["estimators"] = estimators
     if radii is not None:
         kw["radii"] = radii
+    if resolutions is not None:
+        kw["resolutions"] = resolutions
     t0 = time.perf_counter()
-    ds = run_analysis(
-        path, n_bins=n_bins, sigma2=sigma2, probe_size=probe_size, lmn_samples=lmn_samples,
-        block_size=block_size, scheduler=scheduler, n_workers=n_workers, device=device,
-        seed=seed, store=not no_store, progress=progress, **kw,
-    )
+    with _warnings_as_lines():
+        ds = run_analysis(
+            path, model=model, layers=layers, embedding=embedding, lmn_from=lmn_from,
+            preacts=preacts, position=position, lc_activations=lc_activations, n_bins=n_bins,
+            sigma2=sigma2, probe_size=probe_size, lmn_samples=lmn_samples,
+            block_size=block_size, scheduler=scheduler, n_workers=n_workers, device=device,
+            seed=seed, store=not no_store, progress=progress, **kw,
+        )
     click.echo(f"{path}: {ds.sizes['step']} checkpoints analysed in {time.perf_counter() - t0:.1f} s")
     for name, var in ds.data_vars.items():
         dims = ", ".join(d for d in var.dims if d != "step")
@@ -211,7 +297,9 @@ def analyze(path, metrics, estimators, n_bins, sigma2, radii, probe_size, lmn_sa
               help="Decades within which events count as aligned.")
 @click.option("--fit-threshold", type=float, default=0.99, show_default=True,
               help="Train accuracy that counts as fitted.")
-def phases(paths, as_json, tolerance, fit_threshold):
+@click.option("--mi", "mi_table", is_flag=True,
+              help="Also print every I(X;T) curve: range, saturation, peak vs end of fitting.")
+def phases(paths, as_json, tolerance, fit_threshold, mi_table):
     """Locate the transitions of one run (or align several seeds) from PATHS.
 
     Uses the curves and whatever `ckptlab analyze` stored in each archive.
@@ -236,6 +324,11 @@ def phases(paths, as_json, tolerance, fit_threshold):
         if len(paths) > 1:
             click.echo(f"== {p}")
         click.echo(format_phase_table(s))
+        if mi_table:
+            from ckptlab.phases import format_mi_summary, mi_summary
+
+            click.echo("")
+            click.echo(format_mi_summary(mi_summary(load_analysis(p), s)))
     if len(segs) > 1:
         click.echo("== across runs")
         click.echo(_format_runs(align_runs(segs)))
@@ -262,22 +355,39 @@ def _format_runs(al) -> str:
 @click.argument("path")
 @click.option("-o", "--out", "out", required=True, help="Figure file (png, pdf, svg).")
 @click.option("--plane", "plane_out", help="Also write the information plane to this file.")
-@click.option("--estimator", default=None, help="MI estimator to show (default: the first stored).")
+@click.option("--resolution-curve", "res_out",
+              help="Also write the resolution curve (I(X;T) against resolution) to this file.")
+@click.option("--estimator", default=None,
+              help="MI estimator to show (default: the one whose unsaturated curves move most).")
+@click.option("--resolution", type=float, default=None,
+              help="Resolution of a relative-resolution estimator (kde_rel_upper, pca_knn).")
 @click.option("--dpi", type=int, default=130, show_default=True)
-def plot(path, out, plane_out, estimator, dpi):
+def plot(path, out, plane_out, res_out, estimator, resolution, dpi):
     """Write the overview figure of the run at PATH (phases shaded, events marked)."""
     from ckptlab.analysis import load_analysis
     from ckptlab.phases import segment
-    from ckptlab.plot import plot_information_plane, plot_overview
+    from ckptlab.plot import plot_information_plane, plot_overview, plot_resolution_curve
 
     ds = load_analysis(path)
     seg = segment(ds)
-    fig = plot_overview(ds, seg, estimator=estimator)
+    fig = plot_overview(ds, seg, estimator=estimator, resolution=resolution)
     fig.savefig(out, dpi=dpi, bbox_inches="tight")
     click.echo(f"wrote {out}")
     if plane_out:
-        if "mi_xt" not in ds:
+        if "mi_xt" not in ds and "mi_xt_rel" not in ds:
             raise click.ClickException("no mutual information stored: run `ckptlab analyze` first")
-        ax = plot_information_plane(ds, estimator=estimator or str(ds["estimator"].values[0]))
+        ax = plot_information_plane(ds, estimator=estimator, resolution=resolution)
         ax.figure.savefig(plane_out, dpi=dpi, bbox_inches="tight")
         click.echo(f"wrote {plane_out}")
+    if res_out:
+        rel = estimator if estimator in ds.get("rel_estimator", []) else None
+        plot_resolution_curve(ds, seg, estimator=rel).savefig(res_out, dpi=dpi,
+                                                              bbox_inches="tight")
+        click.echo(f"wrote {res_out}")
+
+
+from cli.importing import import_cmd  # noqa: E402
+from cli.verify import verify_cmd  # noqa: E402
+
+cli.add_command(import_cmd, "import")
+cli.add_command(verify_cmd, "verify")

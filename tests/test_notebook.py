@@ -122,7 +122,9 @@ def test_archives_land_in_mkdtemp_with_the_hand_built_schedule(executed):
     nb, tmp, _ = executed
     workdir = Path(stream_text(cell_with(nb, "print(workdir)")).strip())
     assert workdir.parent == tmp, "tempfile.mkdtemp() must honour TMPDIR (no leak into /tmp)"
-    assert sorted(p.name for p in workdir.iterdir()) == ["seed0.zarr", "seed1.zarr"]
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "digits.npz", "imported.zarr", "mine.zarr", "seed0.zarr", "seed1.zarr",
+        "torch_checkpoints"]
 
     # Oracle: the log-spaced schedule rebuilt independently from its definition.
     expected = set(range(DENSE_UNTIL + 1)) | {0, STEPS}
@@ -136,6 +138,23 @@ def test_archives_land_in_mkdtemp_with_the_hand_built_schedule(executed):
         assert ckptlab.Run(workdir / name).steps.tolist() == expected
     printed = stream_text(cell_with(nb, "result1 = train("))
     assert printed.startswith(f"{len(expected)} checkpoints in ")
+
+
+def test_own_model_section_records_imports_and_analyses(executed):
+    nb, tmp, _ = executed
+    workdir = Path(stream_text(cell_with(nb, "print(workdir)")).strip())
+    import ckptlab
+
+    mine, imported = ckptlab.Run(workdir / "mine.zarr"), ckptlab.Run(workdir / "imported.zarr")
+    assert mine.steps.tolist() == imported.steps.tolist() == [0, 1, 2, 5, 10, 20, 50, 100, 200]
+    for i in (0, 8):  # the imported torch.save files hold the recorded parameters exactly
+        a, b = mine.state_dict(i), imported.state_dict(i)
+        assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert stream_text(cell_with(nb, "print(ckptlab.run_info(mine)")).startswith("__main__.Net ->")
+    layers = stream_text(cell_with(nb, "ds_mine = ckptlab.analyze("))
+    assert '"act1": "act1"' in layers and '"act2": "act2"' in layers
+    assert stream_text(cell_with(nb, "imported = ckptlab.import_checkpoints(")).endswith(
+        "the imported folder gives the same numbers as the recorded run: True\n")
 
 
 def test_dataset_is_displayed_with_the_requested_families(executed):

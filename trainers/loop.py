@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ckptlab._progress import ProgressLine
+from ckptlab._progress import progress_bar
 from ckptlab.errors import CkptlabError, TrainingDivergedError, ValidationError
 from ckptlab.models import build_model
 from ckptlab.store import Recorder, Run
@@ -213,7 +213,8 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
         mode="a" if resume else ("w" if overwrite else "w-"),
         truncate_after=start_step if resume else None,
     )
-    bar = ProgressLine(progress)
+    bar = progress_bar(cfg.steps, enabled=progress, desc="train", unit="step")
+    bar.update(start_step)
     t0 = time.perf_counter()
     wall0 = 0.0
     if resume:
@@ -248,12 +249,9 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
                     state={"step": step, "generator": gen.get_state()},
                     keep_state=True if step == cfg.steps else None,
                 )
-                bar.show(
-                    f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | "
-                    f"{step / max(bar.elapsed, 1e-9):7.0f} steps/s | "
-                    f"train acc {metrics['train_acc']:.3f} | test acc {metrics['test_acc']:.3f}",
-                    force=step == cfg.steps,
-                )
+                bar.update(step - bar.n)
+                bar.set_postfix_str(f"train acc {metrics['train_acc']:.3f}, "
+                                    f"test acc {metrics['test_acc']:.3f}", refresh=False)
             if step == cfg.steps:
                 break
             xb, yb = get_batch(cfg, x_tr, y_tr, gen)

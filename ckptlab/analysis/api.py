@@ -1,17 +1,19 @@
 """``ckptlab.analyze``: every progress measure over every checkpoint, with Dask, as xarray.
 
-Orchestration only: options are validated and the fixed inputs (probe sets, LC directions,
-binning ranges) built once; checkpoints are split into blocks, each a Dask task that reads its
-own checkpoints from the archive (:func:`~ckptlab.analysis.compute.compute_block`); results are
+Orchestration only, and the same for every model: the options are validated, the model is
+obtained (the caller's ``model=``, or a ckptlab model rebuilt from the archive's spec) and its
+layers resolved into taps; each measure family (:mod:`ckptlab.analysis.families`) prepares its
+fixed inputs once; checkpoints are split into blocks, each a Dask task that reads its own
+checkpoints from the archive (:func:`~ckptlab.analysis.compute.compute_block`); results are
 written back to the archive as blocks finish, so an interrupted analysis resumes where it
-stopped; the labelled Dataset is assembled from what is stored.
+stopped; the labelled Dataset is assembled from the families' output descriptions.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import zlib
 import warnings
 
 import dask
@@ -19,41 +21,40 @@ import numpy as np
 import xarray as xr
 
 from .._checks import check_choice, check_int
-from .._progress import ProgressLine
+from .._progress import progress_bar
 from ..errors import CkptlabError, SchedulerError, ValidationError
-from ..metrics.local_complexity import cross_polytope_directions
-from ..models import build_model
 from ..store import Run
 from ..store import format as fmt
 from .cache import FamilyCache
-from .compute import FAMILY_VARS, Plan, compute_block
-from .options import SUBSET_CAPS, AnalysisOptions, family_key
+from .capture import (
+    CapturedModel,
+    ModelSource,
+    check_state_fits,
+    resolve_layer_map,
+    user_source,
+)
+from .compute import Plan, compute_block
+from .families import DATASET_HOOKS, FAMILIES, INTERNAL, NotApplicable, Setup
+from .options import METRICS, SUBSET_CAPS, AnalysisOptions, family_key
 
-__all__ = ["analyze", "load_analysis", "VAR_META"]
+__all__ = ["analyze", "load_analysis", "VAR_META", "DEFAULT_ESTIMATORS"]
 
-#: long_name and units of every output variable.
-VAR_META = {
-    "mi_xt": ("I(X;T)", "bits"),
-    "mi_ty": ("I(T;Y)", "bits"),
-    "lc": ("local complexity", "count"),
-    "lc_std": ("local complexity spread over points", "count"),
-    "lc_total": ("local complexity, all layers", "count"),
-    "lc_total_std": ("local complexity spread over points, all layers", "count"),
-    "lmn": ("linear mapping number", "1"),
-    "weight_norm": ("total parameter L2 norm", "1"),
-    "frobenius_norm": ("Frobenius norm", "1"),
-    "spectral_norm": ("spectral norm", "1"),
-    "stable_rank": ("stable rank", "1"),
-    "effective_rank": ("effective rank of the weights", "1"),
-    "rep_effective_rank": ("effective rank of the representation", "1"),
+#: MI estimators computed unless told otherwise (see ``analyze``'s ``estimators``).
+DEFAULT_ESTIMATORS = ("binning", "kde", "kde_rel", "renyi_norm", "pca_binning")
+
+_CURVES = {
     "train_loss": ("train loss", "nats"),
     "test_loss": ("test loss", "nats"),
     "train_acc": ("train accuracy", "1"),
     "test_acc": ("test accuracy", "1"),
 }
-_CURVES = ("train_loss", "test_loss", "train_acc", "test_acc")
-_MI_FAMILIES = {"binning": "mi-binning", "adaptive": "mi-adaptive", "kde": "mi-kde",
-                "renyi": "mi-renyi"}
+
+#: long_name and units of every output variable (the families' and the run's curves).
+VAR_META = {
+    **{(o.var or name): (o.long_name, o.units)
+       for cls in FAMILIES.values() for name, o in cls.outputs.items()},
+    **_CURVES,
+}
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -81,40 +82,45 @@ def _resolve_scheduler(scheduler: str, n_workers):
     return "distributed", client
 
 
-# ----------------------------------------------------------------------------- plan
-def _rng(seed: int, purpose: str) -> np.random.Generator:
-    """A generator of its own per fixed choice: one subset never shifts when another changes
-    size (their cache keys would not notice)."""
-    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
-
-
-def _pick(rng, n: int, k: int) -> np.ndarray:
-    return np.sort(rng.permutation(n)[:k])
-
-
-def _size(name: str, value, default_cap: int, available: int, what: str) -> int:
+def _names(arg: str, value):
+    """None, one name or a sequence of names (str or dict entries) for the layer options."""
     if value is None:
-        return min(default_cap, available)
-    v = check_int(name, value, min=2 if name != "lc_points" else 1)
-    if v > available:
-        raise ValidationError(
-            f"{name} must be <= the number of {what} ({available}), got {v}"
-        )
-    return v
-
-
-def _onehot_tokens(x: np.ndarray, vocab: int) -> np.ndarray:
-    n, t = x.shape
-    out = np.zeros((n, t * vocab), np.float64)
-    out[np.arange(n)[:, None], np.arange(t) * vocab + x] = 1.0
+        return None
+    if isinstance(value, (str, dict)):
+        return [value]
+    try:
+        out = list(value)
+    except TypeError:
+        raise ValidationError(f"{arg} must be a module name or a list of them, got {value!r}")
+    if not out:
+        raise ValidationError(f"{arg} must not be empty")
     return out
+
+
+def _family_options(options: dict) -> dict:
+    """Validate the options that belong to one family (declared in its ``options``)."""
+    known = {}
+    for cls in FAMILIES.values():
+        known.update(cls.options)
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise TypeError(
+            f"analyze() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return {k: (opt.check(k, options[k]) if k in options else opt.default)
+            for k, opt in known.items()}
 
 
 def analyze(
     path,
     *,
-    metrics=("mi", "lc", "lmn", "weights", "rank"),
-    estimators=("binning", "adaptive", "kde", "renyi"),
+    model=None,
+    layers=None,
+    embedding=None,
+    lmn_from=None,
+    preacts=None,
+    position: int | None = None,
+    metrics=None,
+    estimators=DEFAULT_ESTIMATORS,
     n_bins: int = 30,
     binning_range="trajectory",
     sigma2: float = 0.1,
@@ -128,6 +134,7 @@ def analyze(
     n_directions: int | None = None,
     lc_points: int | None = None,
     lc_splits=("train", "test", "random"),
+    lc_activations: str = "piecewise_linear",
     include_output: bool = False,
     clip: bool = True,
     lmn_samples: int | None = None,
@@ -140,6 +147,7 @@ def analyze(
     store: bool = True,
     compute: bool = True,
     progress: bool | None = None,
+    **options,
 ) -> xr.Dataset:
     """Compute progress measures on every checkpoint of a run; return one labelled Dataset.
 
@@ -147,15 +155,52 @@ def analyze(
     ----------
     path : str or path-like
         The run archive (directory or fsspec URL). Workers open it themselves.
-    metrics : sequence of str, default all
+    model : torch.nn.Module or callable, optional
+        The model the checkpoints belong to: a module instance or a zero-argument factory
+        returning one; each checkpoint's state dict is loaded into (a copy of) it. Default: a
+        ckptlab model rebuilt from the archive's spec. An archive recorded from a model of
+        another class needs it (the error says which class was recorded).
+    layers : sequence of str, optional
+        Modules whose outputs are the hidden representations T (MI, representation rank), as
+        in ``model.named_modules()``; ``"name[k]"`` is the k-th call of a module that runs
+        several times. Default: every call of an activation module (``nn.ReLU``, ``nn.GELU``,
+        ``nn.Tanh``, ``nn.SiLU``, ...) in the order they run (ckptlab's models: their named
+        hidden layers).
+    embedding : str, optional
+        Module whose output is the first continuous representation, where local-complexity
+        neighbourhoods and LMN paths live for token inputs. Default: the first
+        ``nn.Embedding`` for integer inputs, the input itself otherwise.
+    lmn_from : str, optional
+        Module whose output is where the linear mapping number cuts the network. Default: the
+        embedding for token inputs, the first hidden layer otherwise.
+    preacts : sequence of str, optional
+        Modules whose *inputs* local complexity counts. Default: the activation modules.
+    position : int, optional
+        For sequence models: read only this position (e.g. -1) of every hidden layer with
+        3 or more dims and of the logits.
+    metrics : sequence of str, optional
         Families to compute: ``"mi"`` (mutual information per layer), ``"lc"`` (local
         complexity), ``"lmn"`` (linear mapping number), ``"weights"`` (norms and ranks of the
-        weight matrices), ``"rank"`` (effective rank of each layer's representation).
-    estimators : sequence of str, default all
-        MI estimators: ``"binning"`` (Shwartz-Ziv & Tishby), ``"adaptive"`` (equal-mass bins,
-        Chelombiev et al.), ``"kde"`` (Kolchinsky-Tracey upper and lower bounds), ``"renyi"``
-        (matrix-based Renyi alpha-entropy). Output dim ``estimator`` holds ``binning``,
-        ``adaptive``, ``kde_upper``, ``kde_lower``, ``renyi``.
+        weight matrices), ``"rank"`` (effective rank of each layer's representation). Default:
+        every family that applies to the model (one that does not is skipped with a warning
+        saying why); a family asked for by name that does not apply is an error.
+    estimators : sequence of str, default DEFAULT_ESTIMATORS
+        MI estimators. The sources': ``"binning"`` (Shwartz-Ziv & Tishby), ``"adaptive"``
+        (equal-mass bins, Chelombiev et al.), ``"kde"`` (Kolchinsky-Tracey upper and lower
+        bounds, Saxe et al.), ``"renyi"`` (matrix-based Renyi alpha-entropy); at a resolution
+        relative to the layer (they measure something on wide layers, where the sources'
+        sit at log2 N): ``"kde_rel"`` (KDE bounds with noise ``c x`` the mean k-th-neighbour
+        distance, for each ``c`` in ``resolutions``), ``"renyi_norm"`` (Renyi on z-scored
+        units, Tapia and Estevez), ``"pca_binning"`` and ``"pca_knn"`` (whitened PCA to
+        ``pca_dims`` dimensions, then equal-mass bins, or noise of ``c`` units and a
+        Kozachenko-Leonenko estimate). ``mi_xt`` / ``mi_ty`` hold the estimators without a
+        resolution (dim ``estimator``: ``binning``, ``adaptive``, ``kde_upper``,
+        ``kde_lower``, ``renyi``, ``renyi_norm``, ``pca_binning``); ``mi_xt_rel`` /
+        ``mi_ty_rel`` the others (dims ``rel_estimator``, ``resolution``). Every MI variable
+        comes with ``<var>_ceiling`` (log2 N, or H(Y)) and ``<var>_saturated``, the fraction
+        of checkpoints at the ceiling or at 0. Default: binning, kde, kde_rel, renyi_norm,
+        pca_binning (adaptive, renyi and pca_knn on request: the first two measured saturated
+        or flat wherever binning and KDE are, pca_knn costs the most).
     n_bins : int, default 30
         Bins (intervals) per unit for both binning estimators.
     binning_range : "trajectory" or (lo, hi), default "trajectory"
@@ -181,6 +226,12 @@ def analyze(
         Points per split for local complexity (default: up to 256).
     lc_splits : sequence of str, default ("train", "test", "random")
         Point sets: training points, test points, uniform points in the data's bounding box.
+    lc_activations : {"piecewise_linear", "any"}, default "piecewise_linear"
+        Which activations' pre-activations local complexity counts. Linear regions exist only
+        where activations are piecewise linear (ReLU, LeakyReLU, Hardtanh, ...): smooth ones
+        (GELU, tanh, SiLU) are left out, and a model with none has no local complexity.
+        ``"any"`` counts sign changes of every activation's pre-activation (the zero set).
+        Explicit ``preacts`` are counted as given.
     include_output : bool, default False
         Count the logits as a layer in local complexity (the source did).
     clip : bool, default True
@@ -205,19 +256,27 @@ def analyze(
         False returns a lazy (dask-backed) Dataset whose computation runs the analysis (no
         storing, no reuse).
     progress : bool, optional
-        A progress bar over blocks; by default only on a terminal.
+        A progress bar over blocks; by default only on a terminal or in a notebook.
+    **options
+        Options of one family only: ``resolutions`` (default (0.1, 0.3, 1, 3): the relative
+        resolutions of ``kde_rel`` and ``pca_knn``), ``scale_rule`` ("knn", "rms" or
+        "median": the spread ``kde_rel`` is relative to), ``scale_k`` (10), ``s0`` (1.0, the
+        width factor of ``renyi_norm``), ``pca_dims`` (4), ``pca_bins`` (4).
 
     Returns
     -------
     xarray.Dataset
         Dims ``step``, ``layer``, ``estimator``, ``split``, ``radius``, ``matrix``; every
         variable has ``long_name`` and ``units`` and its parameters in attrs; the run's own
-        train/test loss and accuracy are included.
+        train/test loss and accuracy are included. ``attrs["layer_modules"]`` and
+        ``attrs["preact_modules"]`` say which module each layer label was read from.
 
     Raises
     ------
     ValidationError
-        Unknown metric or estimator, an impossible parameter, a subset larger than its set.
+        Unknown metric or estimator, an impossible parameter, a subset larger than its set, a
+        model that does not fit the checkpoints, a layer name the model does not have, a
+        family asked for by name that does not apply to the model.
     SchedulerError
         The scheduler address does not answer.
     ArchiveError
@@ -226,12 +285,19 @@ def analyze(
     explicit = dict(probe_size=probe_size, kde_samples=kde_samples, renyi_samples=renyi_samples,
                     n_directions=n_directions, lc_points=lc_points, lmn_samples=lmn_samples)
     opts = AnalysisOptions(
-        metrics=metrics, estimators=estimators, n_bins=n_bins, binning_range=binning_range,
-        sigma2=sigma2, alpha=alpha, gamma=gamma, probe=probe, radii=radii,
-        lc_splits=lc_splits, include_output=include_output, clip=clip,
-        constant_rule=constant_rule, seed=seed,
-        **{k: v for k, v in explicit.items() if v is not None},
-    ).validated()
+        metrics=METRICS if metrics is None else metrics, estimators=estimators, n_bins=n_bins,
+        binning_range=binning_range, sigma2=sigma2, alpha=alpha, gamma=gamma, probe=probe,
+        radii=radii, lc_splits=lc_splits, include_output=include_output, clip=clip,
+        constant_rule=constant_rule, lc_activations=lc_activations, position=position,
+        seed=seed, **{k: v for k, v in explicit.items() if v is not None},
+    ).validated(tuple(c.estimator for c in FAMILIES.values() if c.estimator))
+    extra = _family_options(options)
+    taps = {"layers": _names("layers", layers), "preacts": _names("preacts", preacts),
+            "embedding": embedding, "lmn_from": lmn_from}
+    for k in ("embedding", "lmn_from"):
+        if taps[k] is not None and not isinstance(taps[k], (str, dict)):
+            raise ValidationError(f"{k} must be a module name, got {taps[k]!r}")
+    explicit["preacts"] = taps["preacts"]
     check_int("block_size", block_size, min=1)
     check_choice("device", device, ("cpu", "cuda"))
     if device == "cuda":
@@ -244,15 +310,67 @@ def analyze(
             raise ValidationError(f"{name} must be a bool, got {v!r}")
     kind, client = _resolve_scheduler(scheduler, n_workers)
     try:
-        return _analyze(path, opts, explicit, block_size, kind, client, n_workers, device,
-                        store, compute, progress)
+        return _analyze(path, opts, extra, explicit, taps, model, metrics is not None,
+                        block_size, kind, client, n_workers, device, store, compute, progress)
     finally:
         if client is not None:
             client.close()
 
 
-def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, store,
-             compute, progress):
+# ----------------------------------------------------------------------------- plan
+def _selected(opts) -> list[type]:
+    """The family classes the options ask for, in registry order."""
+    out = []
+    for cls in FAMILIES.values():
+        if cls.metric not in opts.metrics:
+            continue
+        if cls.estimator is not None and cls.estimator not in opts.estimators:
+            continue
+        out.append(cls)
+    return out
+
+
+def _archive_source(run: Run) -> ModelSource:
+    """A ckptlab model rebuilt from the archive's spec, through the fixed registry only."""
+    from ..models import build_model
+
+    spec = run.model_spec
+    if not spec:
+        info = run.model_info
+        recorded = (f"it was recorded from a model of class {info['class']}, which ckptlab "
+                    "does not import from an archive" if info.get("class")
+                    else "it records no model")
+        raise ValidationError(
+            f"{run.path}: {recorded}: pass the model: ckptlab.analyze(path, model=...) with "
+            "the module or a factory returning it (CLI: --model MODULE:FACTORY); "
+            "metrics=('weights',) needs no model")
+    probe_model = build_model(spec)
+    return ModelSource(functools.partial(build_model, spec), f"ckptlab.{spec.get('name')}",
+                       probe_model.analysis_taps())
+
+
+def _probe(opts, explicit, data) -> dict:
+    parts = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
+    names = ("train", "test") if opts.probe == "all" else (opts.probe,)
+    x_all = np.concatenate([data[parts[s][0]] for s in names])
+    y_all = np.concatenate([data[parts[s][1]] for s in names]).astype(np.int64)
+    n = len(x_all)
+    k = explicit["probe_size"]
+    if k is None:
+        k = min(SUBSET_CAPS["probe_size"], n)
+    elif k > n:
+        raise ValidationError(f"probe_size must be <= the number of probe examples ({n}), got {k}")
+    if k < n:
+        rng = np.random.default_rng([opts.seed, __import__("zlib").crc32(b"probe")])
+        idx = np.sort(rng.permutation(n)[:k])
+    else:
+        idx = np.arange(n)
+    return {"x": x_all[idx], "y": y_all[idx],
+            "params": {"probe": opts.probe, "n": int(k), "seed": opts.seed}}
+
+
+def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, block_size, kind,
+             client, n_workers, device, store, compute, progress):
     path = str(path)
     if kind == "processes" and fmt.is_url(path) and path.startswith("memory://"):
         raise ValidationError(
@@ -262,165 +380,125 @@ def _analyze(path, opts, explicit, block_size, kind, client, n_workers, device, 
     run = Run(path)
     if run.n == 0:
         raise CkptlabError(f"{path}: the archive holds no checkpoints to analyse")
-    data = run.data()
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
-    if missing:
-        raise CkptlabError(
-            f"{path}: the archive holds no {', '.join(missing)}: analysis needs the run's data "
-            "(pass data= to the Recorder)"
-        )
-    model = build_model(run.model_spec)
-    layer_names = list(model.layer_names)
-    preact_names = list(model.preact_names)
+    wanted = _selected(opts)
+    needs = set().union(*(cls.needs for cls in wanted)) if wanted else set()
+    data = run.data() if "data" in needs else {}
+    if "data" in needs:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+        if missing:
+            raise CkptlabError(
+                f"{path}: the archive holds no {', '.join(missing)}: analysis needs the run's "
+                "data (pass data= to the Recorder, or --data to ckptlab import); "
+                "metrics=('weights',) needs none")
     sd0 = run.state_dict(0)
+    names_shapes = {k: tuple(v.shape) for k, v in sd0.items()}
     matrix_names = [k for k, v in sd0.items() if v.ndim >= 2 and v.is_floating_point()]
+    float_names = [k for k, v in sd0.items() if v.is_floating_point()]
 
-    # --- probe set and its fixed subsets (seeded, identical at every checkpoint)
-    parts = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
-    names = ("train", "test") if opts.probe == "all" else (opts.probe,)
-    x_all = np.concatenate([data[parts[s][0]] for s in names])
-    y_all = np.concatenate([data[parts[s][1]] for s in names]).astype(np.int64)
-    n_probe = _size("probe_size", explicit["probe_size"], SUBSET_CAPS["probe_size"], len(x_all), "probe examples")
-    probe_idx = (_pick(_rng(opts.seed, "probe"), len(x_all), n_probe) if n_probe < len(x_all)
-                 else np.arange(len(x_all)))
-    x_probe, y_probe = x_all[probe_idx], y_all[probe_idx]
-    n_kde = _size("kde_samples", explicit["kde_samples"], SUBSET_CAPS["kde_samples"], n_probe, "probe examples")
-    n_renyi = _size("renyi_samples", explicit["renyi_samples"], SUBSET_CAPS["renyi_samples"], n_probe, "probe examples")
-    kde_idx = _pick(_rng(opts.seed, "kde"), n_probe, n_kde)
-    renyi_idx = _pick(_rng(opts.seed, "renyi"), n_probe, n_renyi)
-    tokens = model.input_kind == "tokens"
-    if tokens:
-        x_renyi = _onehot_tokens(x_probe[renyi_idx], int(run.model_spec["kwargs"]["vocab_size"]))
-    else:
-        x_renyi = x_probe[renyi_idx].reshape(n_renyi, -1).astype(np.float64)
-    probe_params = {"probe": opts.probe, "n": int(n_probe), "seed": opts.seed}
+    source = layer_map = first = last = None
+    x_ref = None
+    probe = {"x": None, "y": None, "params": None}
+    if "model" in needs:
+        source = user_source(user_model) if user_model is not None else _archive_source(run)
+        module = source.build()
+        check_state_fits(module, names_shapes, source.description)
+        probe = _probe(opts, explicit, data)
+        x_ref = np.asarray(data["x_train"][:1])
+        layer_map = resolve_layer_map(
+            module, data["x_train"][:8], layers=taps["layers"], preacts=taps["preacts"],
+            embedding=taps["embedding"], lmn_from=taps["lmn_from"], position=opts.position,
+            defaults=source.defaults)
+        first = CapturedModel(module, layer_map, x_ref, position=opts.position)
+        first.load(sd0)
+        if run.n > 1:
+            last = CapturedModel(source.build(), layer_map, x_ref, position=opts.position)
+            last.load(run.state_dict(run.n - 1))
+    elif user_model is not None:
+        user_source(user_model)  # still check what was passed
+    setup = Setup(opts=opts, extra=extra, explicit=explicit, data=data, layer_map=layer_map,
+                  probe=probe, model=first, last_model=last, matrix_names=matrix_names,
+                  float_names=float_names, run_header=run.header)
 
-    n_train = len(data["x_train"])
-    n_lmn = _size("lmn_samples", explicit["lmn_samples"], SUBSET_CAPS["lmn_samples"], n_train, "training examples")
-    lmn_x = data["x_train"][_pick(_rng(opts.seed, "lmn"), n_train, n_lmn)]
-    lc_x = {}
-    n_lc = {}
-    for split in opts.lc_splits:
-        avail = len(data[parts[split][0]]) if split != "random" else 10**9
-        k = _size("lc_points", explicit["lc_points"], SUBSET_CAPS["lc_points"], avail,
-                  f"{split} examples" if split != "random" else "points")
-        n_lc[split] = k
-        if split == "random":
-            continue
-        xs = data[parts[split][0]]
-        lc_x[split] = xs[_pick(_rng(opts.seed, f"lc-{split}"), len(xs), k)]
-    width = model.embed_width
-    n_dir = explicit["n_directions"]
-    if n_dir is None:
-        n_dir = min(SUBSET_CAPS["n_directions"], width)
-    elif n_dir > width:
+    families = {}
+    for cls in wanted:
+        try:
+            families[cls.name] = cls(setup)
+        except NotApplicable as why:
+            if explicit_metrics:
+                raise ValidationError(f"{cls.name} cannot be computed for this model: {why}") \
+                    from None
+            warnings.warn(f"{cls.name}: skipped: {why}", RuntimeWarning, stacklevel=3)
+    if not families:
         raise ValidationError(
-            f"n_directions must be <= the input (embedding) width {width}, got {n_dir}"
-        )
-    if "random" in opts.lc_splits:
-        n_rand = n_lc["random"] if explicit["lc_points"] is not None else SUBSET_CAPS["lc_points"]
-        lc_x["random"] = _rng(opts.seed, "lc-random").uniform(size=(n_rand, width))
-    directions = cross_polytope_directions(width, n_directions=n_dir, seed=opts.seed).numpy()
-    bounds = None
-    if not tokens and opts.clip:
-        bounds = (float(np.min(data["x_train"])), float(np.max(data["x_train"])))
+            f"{path}: none of the measures asked for ({', '.join(opts.metrics)}) applies to "
+            "this model")
+    internal = {}
+    if "mi-binning" in families:
+        internal["range"] = INTERNAL["range"](setup)
 
-    # --- families and their exact parameters (the cache key)
-    fam_params: dict[str, dict] = {}
-    if "mi" in opts.metrics:
-        for est in opts.estimators:
-            fam = _MI_FAMILIES[est]
-            p = {"probe": probe_params}
-            if est in ("binning", "adaptive"):
-                p["n_bins"] = opts.n_bins
-            if est == "kde":
-                p.update(sigma2=opts.sigma2, n=int(n_kde))
-            if est == "renyi":
-                p.update(alpha=opts.alpha, gamma=opts.gamma, n=int(n_renyi))
-            fam_params[fam] = p
-    if "lc" in opts.metrics:
-        fam_params["lc"] = {
-            "radii": list(opts.radii), "splits": list(opts.lc_splits), "n_directions": n_dir,
-            "points": n_lc, "include_output": opts.include_output,
-            "clip": None if bounds is None else list(bounds), "seed": opts.seed,
-        }
-        if "random" in opts.lc_splits:  # random points fill the probe set's bounding box
-            fam_params["lc"]["probe"] = probe_params
-    if "lmn" in opts.metrics:
-        fam_params["lmn"] = {"n": int(n_lmn), "constant_rule": opts.constant_rule,
-                             "seed": opts.seed, "n_interp": 21}
-    if "weights" in opts.metrics:
-        fam_params["weights"] = {}
-    if "rank" in opts.metrics:
-        fam_params["rank"] = {"probe": probe_params}
-
-    lc_layers = preact_names + (["output"] if opts.include_output else [])
-    coords = {"layer": layer_names, "lc_layer": lc_layers, "matrix": matrix_names,
-              "split": list(opts.lc_splits), "radius": list(opts.radii)}
     # One torch thread per task: parallelism comes from the Dask workers, and intra-op threads
     # on top of them oversubscribe the cores (several times slower on a shared machine).
-    threads = 1
-    plan = Plan(
-        path=path, params=fam_params, layer_names=layer_names, preact_names=preact_names,
-        matrix_names=matrix_names, x_probe=x_probe, y_probe=y_probe, x_renyi=x_renyi,
-        kde_idx=kde_idx, renyi_idx=renyi_idx, lmn_x=lmn_x, lc_x=lc_x, directions=directions,
-        input_bounds=bounds, threads=threads, device=device,
-    )
-    runner = _Runner(run, plan, coords, block_size, kind, client, n_workers, store, progress)
+    plan = Plan(path=path, families={**families, **internal}, source=source,
+                layer_map=layer_map, x_ref=x_ref, x_probe=probe["x"], y_probe=probe["y"],
+                position=opts.position, threads=1, device=device)
+    runner = _Runner(run, plan, block_size, kind, client, n_workers, store, progress)
+    for fam in families.values():
+        fam.prepare(runner)
+    results = runner.compute(families) if compute else runner.lazy(families)
+    described = {name: (type(f), f.params, f.coords) for name, f in families.items()}
+    ds = _assemble(run, results, described)
+    if layer_map is not None:
+        def where(t):
+            call = f"[{t.call}]" if t.call else ""
+            pos = "" if t.position is None else f", position {t.position}"
+            return f"{t.module}{call}{'' if t.side == 'output' else ' (input)'}{pos}"
 
-    # --- fixed binning needs its range before it can run (and the range is in its key)
-    if "mi-binning" in fam_params:
-        ranges = runner.binning_ranges(model.layer_bounds, opts.binning_range, probe_params)
-        plan.ranges = ranges
-        fam_params["mi-binning"]["range"] = {k: list(v) for k, v in ranges.items()}
-        fam_params["mi-binning"]["range_rule"] = (
-            opts.binning_range if isinstance(opts.binning_range, str) else "fixed"
-        )
-
-    if compute:
-        results = runner.compute(fam_params)
-    else:
-        results = runner.lazy(fam_params)
-    return _assemble(run, results, fam_params, coords)
+        ds.attrs["layer_modules"] = json.dumps({t.label: where(t) for t in layer_map.layers})
+        ds.attrs["preact_modules"] = json.dumps({t.label: where(t) for t in layer_map.preacts})
+        if not run.model_spec:
+            ds.attrs["model"] = source.description
+    return ds
 
 
 class _Runner:
     """Blocks -> Dask tasks -> results (cached in the archive as they finish)."""
 
-    def __init__(self, run, plan, coords, block_size, kind, client, n_workers, store, progress):
-        self.run, self.plan, self.coords = run, plan, coords
+    def __init__(self, run, plan, block_size, kind, client, n_workers, store, progress):
+        self.run, self.plan = run, plan
         self.kind, self.client, self.n_workers = kind, client, n_workers
         self.store, self.progress = store, progress
         self.chunk = block_size
         self.n = run.n
         self.run_id = str(run.header.get("created")) + ":" + str(run.steps[0])
 
-    def _caches(self, fam_params):
+    def _caches(self, families):
         import zarr
 
         root = zarr.open_group(fmt.open_store(self.run.path, read_only=False), mode="r+")
         caches = {}
-        for fam, params in fam_params.items():
-            key = family_key(fam, params)
-            caches[fam] = FamilyCache(root, key, fam, params, self.coords, self.run.steps,
-                                      self.chunk, self.run_id)
+        for name, fam in families.items():
+            key = family_key(name, fam.params)
+            caches[name] = FamilyCache(root, key, name, fam.params, fam.coords,
+                                       _var_dims(type(fam)), self.run.steps, self.chunk,
+                                       self.run_id, path=self.run.path)
         return caches
 
     def _blocks(self):
         return [(a, min(a + self.chunk, self.n)) for a in range(0, self.n, self.chunk)]
 
-    def compute(self, fam_params: dict) -> dict:
+    def compute(self, families: dict) -> dict:
         if self.store:
-            caches = self._caches(fam_params)
+            caches = self._caches(families)
             if caches:
                 self.chunk = next(iter(caches.values())).group["done"].chunks[0]
         else:
             caches = {}
-        out = {fam: {v: np.full((self.n,) + tuple(len(self.coords[d]) for d in dims), np.nan)
-                     for v, dims in FAMILY_VARS[fam].items()} for fam in fam_params}
+        out = {name: {v: np.full((self.n,) + tuple(len(fam.coords[d]) for d in o.dims), np.nan)
+                      for v, o in type(fam).outputs.items()}
+               for name, fam in families.items()}
         todo = []
         for a, b in self._blocks():
-            fams = tuple(f for f in fam_params if not (f in caches and caches[f].done[a:b].all()))
+            fams = tuple(f for f in families if not (f in caches and caches[f].done[a:b].all()))
             if fams:
                 todo.append((a, b, fams))
         nonfinite: list = []
@@ -439,10 +517,14 @@ class _Runner:
         self._execute(todo, accept)
         for fam, cache in caches.items():  # everything, cached and new
             out[fam] = cache.read()
+        if caches and todo:
+            # plain xarray readers see new analysis groups once the snapshot is rewritten
+            fmt.publish(self.run.path)
         if nonfinite:
             warnings.warn(
-                f"{len(nonfinite)} checkpoint(s) hold NaN/Inf parameters (steps "
-                f"{nonfinite[:10]}{' ...' if len(nonfinite) > 10 else ''}): their measures are NaN",
+                f"{len(set(nonfinite))} checkpoint(s) hold NaN/Inf parameters (steps "
+                f"{sorted(set(nonfinite))[:10]}{' ...' if len(set(nonfinite)) > 10 else ''}): "
+                "their measures are NaN",
                 RuntimeWarning,
                 stacklevel=4,
             )
@@ -451,13 +533,10 @@ class _Runner:
     def _execute(self, todo, accept) -> None:
         if not todo:
             return
-        bar = ProgressLine(self.progress)
-        total = len(todo)
-        done = [0]
+        bar = progress_bar(len(todo), enabled=self.progress, desc="analyze", unit="block")
 
         def tick():
-            done[0] += 1
-            bar.show(f"analyze: block {done[0]}/{total} | {bar.elapsed:6.1f} s", force=done[0] == total)
+            bar.update(1)
         tasks = {
             f"ckptlab-block-{a}-{b}": dask.delayed(compute_block, pure=False)(
                 self.plan, a, b, fams, self.n, dask_key_name=f"ckptlab-block-{a}-{b}")
@@ -489,42 +568,31 @@ class _Runner:
             dask.compute(*tasks.values(), **kw)
         bar.close()
 
-    def binning_ranges(self, layer_bounds, rule, probe_params) -> dict:
-        """Per-layer (lo, hi) of the fixed bins; trajectory-wide min/max for unbounded layers."""
-        if not isinstance(rule, str):
-            return {k: tuple(rule) for k in self.plan.layer_names}
-        ranges = {k: layer_bounds.get(k) for k in self.plan.layer_names}
-        if all(v is not None for v in ranges.values()):
-            return {k: tuple(map(float, v)) for k, v in ranges.items()}
-        res = self.compute({"range": {"probe": probe_params}})
-        lo = np.nanmin(res["range"]["act_min"], axis=0)
-        hi = np.nanmax(res["range"]["act_max"], axis=0)
-        out = {}
-        for j, k in enumerate(self.plan.layer_names):
-            if ranges[k] is not None:
-                out[k] = tuple(map(float, ranges[k]))
-            else:
-                a, b = float(lo[j]), float(hi[j])
-                if not np.isfinite(a) or not np.isfinite(b):
-                    a, b = -1.0, 1.0
-                if b <= a:
-                    b = a + 1.0
-                out[k] = (a, b)
-        return out
+    def activation_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-layer min and max of the probe set's activations over every checkpoint."""
+        res = self.compute({"range": self.plan.families["range"]})["range"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            return np.nanmin(res["act_min"], axis=0), np.nanmax(res["act_max"], axis=0)
 
-    def lazy(self, fam_params: dict) -> dict:
+    def lazy(self, families: dict) -> dict:
         import dask.array as da
 
-        out = {fam: {v: [] for v in FAMILY_VARS[fam]} for fam in fam_params}
-        fams = tuple(fam_params)
+        out = {name: {v: [] for v in type(f).outputs} for name, f in families.items()}
+        names = tuple(families)
         for a, b in self._blocks():
-            d = dask.delayed(compute_block, pure=True)(self.plan, a, b, fams, self.n)
-            for fam in fams:
-                for v, dims in FAMILY_VARS[fam].items():
-                    shape = (b - a,) + tuple(len(self.coords[x]) for x in dims)
-                    out[fam][v].append(da.from_delayed(d[fam][v], shape=shape, dtype=np.float64))
-        return {fam: {v: da.concatenate(parts) for v, parts in vs.items()}
-                for fam, vs in out.items()}
+            d = dask.delayed(compute_block, pure=True)(self.plan, a, b, names, self.n)
+            for name, fam in families.items():
+                for v, o in type(fam).outputs.items():
+                    shape = (b - a,) + tuple(len(fam.coords[x]) for x in o.dims)
+                    out[name][v].append(da.from_delayed(d[name][v], shape=shape,
+                                                        dtype=np.float64))
+        return {name: {v: da.concatenate(parts) for v, parts in vs.items()}
+                for name, vs in out.items()}
+
+
+def _var_dims(cls) -> dict:
+    return {v: o.dims for v, o in cls.outputs.items()}
 
 
 def load_analysis(path) -> xr.Dataset:
@@ -547,106 +615,105 @@ def load_analysis(path) -> xr.Dataset:
 
     run = Run(path)
     root = zarr.open_group(fmt.open_store(run.path, read_only=True), mode="r")
-    results, fam_params, coords = {}, {}, {}
+    results, described = {}, {}
     if fmt.ANALYSIS in root:
         g = root[fmt.ANALYSIS]
         newest: dict = {}
         for key in g.group_keys():
             a = g[key].attrs
             fam = a.get("family")
-            if fam in FAMILY_VARS and fam != "range" and "done" in g[key]:
+            if fam in FAMILIES and "done" in g[key]:
                 if g[key]["done"].shape[0] != run.n:
                     continue  # computed before newer checkpoints: analyze again to extend it
                 stamp = a.get("created", "")
                 if fam not in newest or stamp >= newest[fam][0]:
                     newest[fam] = (stamp, key)
-        for fam, (_, key) in newest.items():
-            grp = g[key]
-            fam_params[fam] = dict(grp.attrs["params"])
-            results[fam] = {v: np.asarray(grp[v][...]) for v in FAMILY_VARS[fam]}
+        for fam in FAMILIES:  # registry order, as analyze assembles them
+            if fam not in newest:
+                continue
+            grp = g[newest[fam][1]]
+            cls = FAMILIES[fam]
+            if not all(v in grp for v in cls.outputs):
+                continue  # written by another version of the family
+            results[fam] = {v: np.asarray(grp[v][...]) for v in cls.outputs}
             done = np.asarray(grp["done"][...])
             for arr in results[fam].values():
                 arr[~done] = np.nan
-            for d, labels in grp.attrs["coords"].items():
-                coords.setdefault(d, labels)
-    return _assemble(run, results, fam_params, coords)
+            described[fam] = (cls, dict(grp.attrs["params"]), dict(grp.attrs["coords"]))
+    return _assemble(run, results, described)
 
 
 # ----------------------------------------------------------------------------- assembly
-def _var(name, dims, data, attrs=None):
-    long_name, units = VAR_META[name]
-    return xr.Variable(("step",) + tuple(dims), data,
-                       attrs={"long_name": long_name, "units": units, **(attrs or {})})
+def _stack(parts):
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.stack(parts, 1)
+    import dask.array as da
+
+    return da.stack(parts, 1)
 
 
-def _flat(prefix: str, params: dict) -> dict:
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, dict):
-            out.update(_flat(f"{prefix}{k}_", v))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
-    return out
-
-
-def _assemble(run, results, fam_params, coords) -> xr.Dataset:
+def _assemble(run, results, described) -> xr.Dataset:
+    """One Dataset from per-family results, laid out by the families' output descriptions."""
     ds = xr.Dataset(coords={"step": ("step", run.steps)})
     ds["step"].attrs = {"long_name": "training step", "units": "step"}
     metrics = run.metrics()
     loss_units = "1" if run.config.get("loss") == "mse" else "nats"
-    for name in _CURVES:
+    for name, (long_name, units) in _CURVES.items():
         if name in metrics:
-            ds[name] = _var(name, (), metrics[name])
-            if name.endswith("loss"):
-                ds[name].attrs["units"] = loss_units
-    # MI: one (step, estimator, layer) array per quantity
-    mi_parts = []
-    for est in ("binning", "adaptive", "kde", "renyi"):
-        fam = _MI_FAMILIES[est]
-        if fam not in results:
+            units = loss_units if name.endswith("loss") else units
+            ds[name] = xr.Variable(("step",), metrics[name],
+                                   attrs={"long_name": long_name, "units": units})
+    coords: dict = {}
+    # var -> a Variable, or the parts of a stacked one: [(label, data, output, attrs, params)];
+    # variables appear in the order their families (then outputs) come
+    entries: dict = {}
+    for name, (cls, params, fam_coords) in described.items():
+        for d, labels in fam_coords.items():
+            coords.setdefault(d, list(labels))
+        attrs = cls.attrs_of(params)
+        for out_name, o in cls.outputs.items():
+            data = results[name][out_name]
+            var = o.var or out_name
+            if o.label is not None:
+                entries.setdefault(var, []).append((o.label, data, o, attrs, params))
+            else:
+                entries[var] = xr.Variable(
+                    ("step", *o.dims), data,
+                    attrs={"long_name": o.long_name, "units": o.units, **attrs})
+    consts: dict = {}  # var -> [(label, value, long_name, units)]
+    for name, (cls, params, _) in described.items():
+        for (var, label), (value, long_name, units, sdim) in cls.constants(params).items():
+            consts.setdefault(var, []).append((label, value, long_name, units, sdim))
+    for var, entry in entries.items():
+        if isinstance(entry, xr.Variable):
+            ds[var] = entry
             continue
-        r = results[fam]
-        if est == "kde":
-            mi_parts.append(("kde_upper", r["mi_xt_upper"], r["mi_ty_upper"]))
-            mi_parts.append(("kde_lower", r["mi_xt_lower"], r["mi_ty_lower"]))
-        else:
-            mi_parts.append((est, r["mi_xt"], r["mi_ty"]))
-    if mi_parts:
-        stack = np.stack if all(isinstance(p[1], np.ndarray) for p in mi_parts) else None
-        if stack is None:
-            import dask.array as da
-
-            stack = da.stack
-        mi_attrs = {}
-        present = [e for e in ("binning", "adaptive", "kde", "renyi") if _MI_FAMILIES[e] in fam_params]
-        for est in present:
-            mi_attrs.update(_flat(f"{est}_", {k: v for k, v in fam_params[_MI_FAMILIES[est]].items()
-                                             if k != "probe"}))
-        mi_attrs.update(_flat("probe_", fam_params[_MI_FAMILIES[present[0]]]["probe"]))
-        mi_attrs["estimator_note"] = (
-            "binning/adaptive: plug-in entropy of binned rows; kde_upper/kde_lower: "
-            "Kolchinsky-Tracey bounds with noise variance sigma2; renyi: matrix-based alpha-entropy"
-        )
-        for var, idx in (("mi_xt", 1), ("mi_ty", 2)):
-            data = stack([p[idx] for p in mi_parts], 1)
-            ds[var] = _var(var, ("estimator", "layer"), data, mi_attrs)
-        ds = ds.assign_coords(estimator=("estimator", [p[0] for p in mi_parts]))
-    for fam, params in fam_params.items():
-        if fam.startswith("mi-") or fam == "range":
-            continue
-        attrs = _flat("", params)
-        for var, dims in FAMILY_VARS[fam].items():
-            ds[var] = _var(var, dims, results[fam][var], attrs)
-    if "lc" in fam_params:
-        ds = ds.assign_coords(split=("split", list(coords["split"])),
-                              radius=("radius", np.asarray(coords["radius"], dtype=np.float64)))
-        ds["radius"].attrs = {"long_name": "neighbourhood radius", "units": "1"}
+        o = entry[0][2]
+        attrs = {"long_name": o.long_name, "units": o.units}
+        for _, _, _, a, _ in entry:
+            attrs.update(a)
+        probe = entry[0][4].get("probe")
+        if isinstance(probe, dict):
+            attrs.update({f"probe_{k}": v for k, v in probe.items()})
+        ds[var] = xr.Variable(("step", o.stack_dim, *o.dims), _stack([p[1] for p in entry]),
+                              attrs=attrs)
+        ds = ds.assign_coords({o.stack_dim: (o.stack_dim, [p[0] for p in entry])})
+    for var, parts in consts.items():
+        sdim = parts[0][4]
+        labels = list(ds[sdim].values) if sdim in ds.coords else [p[0] for p in parts]
+        vals = dict((p[0], p[1]) for p in parts)
+        ds[var] = xr.Variable((sdim,), np.array([vals.get(lab, np.nan) for lab in labels]),
+                              attrs={"long_name": parts[0][2], "units": parts[0][3]})
+    for hook in DATASET_HOOKS:
+        ds = hook(ds)
     layer_coord = list(coords.get("layer", []))
-    if "lc" in fam_params:
-        ds = ds.assign_coords(lc_layer=("lc_layer", list(coords["lc_layer"])))
+    if "lc_layer" in coords:
+        # local complexity's layers (pre-activations) share the `layer` dim with the hidden
+        # layers of the same name; the logits ("output") join it when counted
         extra = [c for c in coords["lc_layer"] if c not in layer_coord]
         layer_coord = layer_coord + extra
-        lc_vars = [v for v in ("lc", "lc_std") if v in ds]
+        lc_vars = [v for v in ds.data_vars if "lc_layer" in ds[v].dims]
+        ds = ds.assign_coords(lc_layer=("lc_layer", list(coords["lc_layer"])))
         moved = ds[lc_vars].rename(lc_layer="layer").reindex(layer=layer_coord)
         ds = ds.drop_vars(lc_vars + ["lc_layer"])
         ds = ds.assign_coords(layer=("layer", layer_coord))
@@ -654,13 +721,23 @@ def _assemble(run, results, fam_params, coords) -> xr.Dataset:
             ds[v] = moved[v]
     if "layer" in ds.dims and "layer" not in ds.coords:
         ds = ds.assign_coords(layer=("layer", layer_coord))
+    if "split" in coords and "split" in ds.dims:
+        ds = ds.assign_coords(split=("split", list(coords["split"])))
+    if "radius" in coords and "radius" in ds.dims:
+        ds = ds.assign_coords(radius=("radius", np.asarray(coords["radius"], dtype=np.float64)))
+        ds["radius"].attrs = {"long_name": "neighbourhood radius", "units": "1"}
     if "matrix" in ds.dims:
         ds = ds.assign_coords(matrix=("matrix", list(coords["matrix"])))
+    if "resolution" in ds.dims:
+        ds = ds.assign_coords(resolution=("resolution", np.asarray(coords["resolution"], float)))
+        ds["resolution"].attrs = {"long_name": "resolution relative to the layer's spread",
+                                  "units": "1"}
     spec = run.model_spec
+    info = run.model_info
     ds.attrs = {
         "run_path": str(run.path),
         "run_name": os.path.basename(str(run.path).rstrip("/")),
-        "model": spec.get("name", ""),
+        "model": spec.get("name", "") or info.get("class", ""),
         "model_spec": json.dumps(spec),
         "task": json.dumps(run.task),
         "seed": -1 if run.header.get("seed") is None else int(run.header["seed"]),

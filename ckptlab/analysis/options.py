@@ -18,7 +18,8 @@ __all__ = ["AnalysisOptions", "METRICS", "ESTIMATORS", "SUBSET_CAPS", "family_ke
 
 #: Metric names a user may ask for.
 METRICS = ("mi", "lc", "lmn", "weights", "rank")
-#: MI estimator names a user may ask for ("kde" yields the upper and the lower bound).
+#: The sources' MI estimators ("kde" yields the upper and the lower bound); the families
+#: registry adds the scale-aware ones (ckptlab.analysis.families).
 ESTIMATORS = ("binning", "adaptive", "kde", "renyi")
 SPLITS = ("train", "test", "random")
 #: Default sizes of the fixed subsets: "all, up to this many" when the user gives none.
@@ -62,12 +63,15 @@ class AnalysisOptions:
     clip: bool = True
     lmn_samples: int = SUBSET_CAPS["lmn_samples"]
     constant_rule: str = "one"
+    lc_activations: str = "piecewise_linear"
+    position: int | None = None
     seed: int = 0
 
-    def validated(self) -> AnalysisOptions:
+    def validated(self, known_estimators=ESTIMATORS) -> AnalysisOptions:
         metrics = _tuple("metrics", self.metrics, lambda m: check_choice("metrics", m, METRICS))
         estimators = _tuple(
-            "estimators", self.estimators, lambda e: check_choice("estimators", e, ESTIMATORS)
+            "estimators", self.estimators,
+            lambda e: check_choice("estimators", e, known_estimators)
         )
         check_int("n_bins", self.n_bins, min=2)
         br = self.binning_range
@@ -107,6 +111,9 @@ class AnalysisOptions:
             raise ValidationError(f"clip must be a bool, got {self.clip!r}")
         check_int("lmn_samples", self.lmn_samples, min=2)
         check_choice("constant_rule", self.constant_rule, ("one", "zero", "nan"))
+        check_choice("lc_activations", self.lc_activations, ("piecewise_linear", "any"))
+        if self.position is not None:
+            check_int("position", self.position)
         check_int("seed", self.seed, min=0)
         return AnalysisOptions(
             **{

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .._checks import check_choice, check_float, check_int
 from ..errors import ModelSpecError, ValidationError
 
-__all__ = ["ACTIVATIONS", "ModelOutput", "ProbeModel"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_MODULES", "ModelOutput", "ProbeModel"]
 
 #: Activation names a spec may use, and the functions they stand for. GELU is the exact (erf)
 #: form, as in Nanda et al.'s grokking model, not the tanh approximation.
@@ -32,6 +32,15 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "tanh": torch.tanh,
     "silu": F.silu,
+}
+
+#: The same activations as modules: the models call them as submodules, so the analysis layer
+#: captures their inputs and outputs with forward hooks, as it does for anyone's model.
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
 }
 
 #: Activations whose output is confined to a fixed interval (the binning MI estimators use it).
@@ -119,6 +128,20 @@ class ProbeModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def trunk(self, e: Tensor, *, capture: bool = True) -> ModelOutput:
         """Run from :meth:`embed`'s output to the logits, capturing hidden layers."""
+
+    @abc.abstractmethod
+    def analysis_taps(self) -> dict:
+        """Where the analysis layer reads this model, as module names (JSON-able).
+
+        Returns
+        -------
+        dict
+            ``{"layers": [...], "preacts": [...], "embedding": str or None, "lmn_from":
+            str or dict or None}``; each layer entry is ``{"module": name, "label": label,
+            "side": "output" or "input", "position": int or None}``. The labels are the names
+            of :attr:`layer_names` / :attr:`preact_names`, so results read the same as the
+            model's own :meth:`trunk`.
+        """
 
     @abc.abstractmethod
     def lmn_split(self) -> tuple[Callable[[object], Tensor], Callable[[Tensor], Tensor]]:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import (
+    ACTIVATION_MODULES,
     ACTIVATIONS,
     ModelOutput,
     ProbeModel,
@@ -110,6 +111,8 @@ class MLP(ProbeModel):
         self.layers = nn.ModuleList(
             nn.Linear(a, b, bias=kw["bias"]) for a, b in zip(dims[:-1], dims[1:])
         )
+        # one activation module per layer (no parameters: the state dict is unchanged)
+        self.acts = nn.ModuleList(ACTIVATION_MODULES[kw["activation"]]() for _ in kw["widths"])
         self.readout = nn.Linear(dims[-1], kw["n_classes"], bias=kw["bias"])
         scale_parameters(self, kw["alpha"])
 
@@ -201,16 +204,27 @@ class MLP(ProbeModel):
         return self._run(self._check_embedded(e), 0, capture)
 
     def _run(self, h: Tensor, start: int, capture: bool) -> ModelOutput:
-        act = ACTIVATIONS[self._kwargs["activation"]]
         hidden: dict[str, Tensor] = {}
         preacts: dict[str, Tensor] = {}
-        for name, layer in zip(self.layer_names[start:], self.layers[start:]):
+        for name, layer, act in zip(self.layer_names[start:], self.layers[start:],
+                                    self.acts[start:]):
             z = layer(h)
             h = act(z)
             if capture:
                 preacts[name] = z
                 hidden[name] = h
         return ModelOutput(self.readout(h), hidden, preacts)
+
+    def analysis_taps(self) -> dict:
+        """Hidden layer ``i`` is the output of ``acts.i``, its pre-activation that module's input;
+        the LMN cuts at the token embedding, or at the first hidden layer for continuous
+        inputs (see :meth:`lmn_split`)."""
+        layers = [{"module": f"acts.{i}", "label": n} for i, n in enumerate(self.layer_names)]
+        preacts = [{**t, "side": "input"} for t in layers]
+        tokens = self.input_kind == "tokens"
+        return {"layers": layers, "preacts": preacts,
+                "embedding": "embedding" if tokens else None,
+                "lmn_from": "embedding" if tokens else layers[0]}
 
     def lmn_split(self) -> tuple[Callable[[object], Tensor], Callable[[Tensor], Tensor]]:
         """Cut for the linear mapping number: ``head(to_h(x)) == forward(x)``.
@@ -230,10 +244,8 @@ class MLP(ProbeModel):
         if self.input_kind == "tokens":
             return self.embed, lambda h: self.trunk(h, capture=False).logits
 
-        act = ACTIVATIONS[self._kwargs["activation"]]
-
         def to_h(x) -> Tensor:
-            return act(self.layers[0](self.embed(x)))
+            return self.acts[0](self.layers[0](self.embed(x)))
 
         def head(h: Tensor) -> Tensor:
             h = self._check_embedded(h, name="h", width=self._kwargs["widths"][0])

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import (
+    ACTIVATION_MODULES,
     ACTIVATIONS,
     ModelOutput,
     ProbeModel,
@@ -59,20 +60,23 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Residual block: ``x + attn(ln1(x))``, then ``x + W_out act(W_in ln2(x) + b_in) + b_out``."""
 
-    def __init__(self, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool):
+    def __init__(self, d_model: int, n_heads: int, d_mlp: int, layer_norm: bool,
+                 activation: str = "gelu"):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.attn = CausalSelfAttention(d_model, n_heads)
         self.ln2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.mlp_in = nn.Linear(d_model, d_mlp)
+        self.act = ACTIVATION_MODULES[activation]()  # a module, so hooks see it
         self.mlp_out = nn.Linear(d_mlp, d_model)
 
-    def forward(self, x: Tensor, act: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Return the new residual stream, the MLP pre-activation and its activation."""
+    def forward(self, x: Tensor, capture: bool = False):
+        """The new residual stream; with ``capture`` also the MLP pre-activation and activation."""
         x = x + self.attn(self.ln1(x))
         z = self.mlp_in(self.ln2(x))
-        a = act(z)
-        return x + self.mlp_out(a), z, a
+        a = self.act(z)
+        x = x + self.mlp_out(a)
+        return (x, z, a) if capture else x
 
 
 class Transformer(ProbeModel):
@@ -172,7 +176,8 @@ class Transformer(ProbeModel):
         init_embedding_(self.token_embed.weight, d)
         init_embedding_(self.pos_embed, d)
         self.blocks = nn.ModuleList(
-            Block(d, kw["n_heads"], kw["d_mlp"], kw["layer_norm"]) for _ in range(kw["n_layers"])
+            Block(d, kw["n_heads"], kw["d_mlp"], kw["layer_norm"], kw["activation"])
+            for _ in range(kw["n_layers"])
         )
         self.ln_final = nn.LayerNorm(d) if kw["layer_norm"] else nn.Identity()
         self.unembed = nn.Linear(d, kw["n_classes"], bias=False)
@@ -232,18 +237,36 @@ class Transformer(ProbeModel):
         """
         e = self._check_embedded(e)
         n = e.shape[0]
-        act = ACTIVATIONS[self._kwargs["activation"]]
         resid = e.reshape(n, self.seq_len, self._kwargs["d_model"])
         hidden: dict[str, Tensor] = {}
         preacts: dict[str, Tensor] = {}
         for i, block in enumerate(self.blocks):
-            resid, z, a = block(resid, act)
-            if capture:
-                hidden[f"block{i}.mlp"] = a[:, -1]
-                hidden[f"block{i}.resid"] = resid[:, -1]
-                preacts[f"block{i}.mlp"] = z.reshape(n, -1)
+            if not capture:
+                resid = block(resid)
+                continue
+            resid, z, a = block(resid, capture=True)
+            hidden[f"block{i}.mlp"] = a[:, -1]
+            hidden[f"block{i}.resid"] = resid[:, -1]
+            preacts[f"block{i}.mlp"] = z.reshape(n, -1)
         logits = self.unembed(self.ln_final(resid[:, -1]))
         return ModelOutput(logits, hidden, preacts)
+
+    def analysis_taps(self) -> dict:
+        """Block ``i``: ``blocks.i.act`` (MLP activation) and ``blocks.i`` (residual stream) at
+        the last position; pre-activations the input of ``blocks.i.act`` at every position.
+
+        The embedding is read at ``token_embed``, before the (constant) position embeddings
+        are added: a translation, which moves neither a neighbourhood nor an interpolation
+        path, so local complexity and the LMN are the same as in :meth:`embed`'s space.
+        """
+        layers, preacts = [], []
+        for i in range(self._kwargs["n_layers"]):
+            layers += [{"module": f"blocks.{i}.act", "label": f"block{i}.mlp", "position": -1},
+                       {"module": f"blocks.{i}", "label": f"block{i}.resid", "position": -1}]
+            preacts.append({"module": f"blocks.{i}.act", "label": f"block{i}.mlp",
+                            "side": "input"})
+        return {"layers": layers, "preacts": preacts, "embedding": "token_embed",
+                "lmn_from": "token_embed"}
 
     def lmn_split(self) -> tuple[Callable[[object], Tensor], Callable[[Tensor], Tensor]]:
         """Cut for the linear mapping number: ``h = embed(x)``, ``head = trunk(h).logits``.

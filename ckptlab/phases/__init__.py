@@ -6,7 +6,7 @@ Reads analysis Datasets only (no torch, no archives): :func:`segment` one run,
 
 from __future__ import annotations
 
-from .report import format_phase_table, seg_to_json
+from .report import format_mi_summary, format_phase_table, mi_summary, seg_to_json
 from .runs import align_runs
 from .segmentation import DEFAULT_CHANGE_POINT_VARS, EVENT_TYPES, PHASES, segment
 
@@ -15,6 +15,8 @@ __all__ = [
     "align_runs",
     "format_phase_table",
     "seg_to_json",
+    "mi_summary",
+    "format_mi_summary",
     "EVENT_TYPES",
     "PHASES",
     "DEFAULT_CHANGE_POINT_VARS",

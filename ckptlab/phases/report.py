@@ -9,7 +9,7 @@ import xarray as xr
 
 from ..errors import ValidationError
 
-__all__ = ["format_phase_table", "seg_to_json"]
+__all__ = ["format_phase_table", "seg_to_json", "mi_summary", "format_mi_summary"]
 
 
 def _check_seg(seg) -> None:
@@ -57,11 +57,35 @@ def format_phase_table(seg: xr.Dataset) -> str:
         lg = f"{math.log10(s):5.2f}" if math.isfinite(s) else f"{'-':>5}"
         lines.append(f"{name:<{w}}  {_fmt_step(s):>{sw}}  {lg}  {note}")
     lines.append("")
+    mi = _mi_line(seg)
+    if mi:
+        lines.append("I(X;T): " + mi)
     lines.append("phases: " + _phase_line(seg))
     if "aligned" in seg:
         lines.append("alignment: " + str(seg["aligned"].attrs.get("summary", "")) +
                      f" [events: {seg['aligned'].attrs.get('events', '')}]")
     return "\n".join(lines)
+
+
+def _mi_line(seg: xr.Dataset) -> str:
+    """Whether any I(X;T) curve rises then falls, counting saturated curves apart."""
+    types = seg["event_type"].values.tolist()
+    steps = seg["event_step"].values.astype(float)
+    notes = seg["event_note"].values.tolist()
+    peaks = [(s, n) for t, s, n in zip(types, steps, notes) if t == "mi_peak"]
+    if not peaks or (len(peaks) == 1 and peaks[0][1] == "mi_xt absent"):
+        return ""
+    saturated = sum(n.startswith("saturated") for _, n in peaks)
+    measured = len(peaks) - saturated
+    found = sum(math.isfinite(s) for s, _ in peaks)
+    sat = f"; {saturated} more saturated (at a ceiling or at 0: not measurements)" if saturated \
+        else ""
+    if measured == 0:
+        return f"every curve is saturated ({saturated}): nothing measured"
+    if found == 0:
+        return (f"no compression found: none of the {measured} measured curves rises to a peak "
+                f"and falls after it{sat}")
+    return f"a peak, then compression, in {found} of {measured} measured curves{sat}"
 
 
 def _phase_line(seg: xr.Dataset) -> str:
@@ -154,3 +178,83 @@ def seg_to_json(seg: xr.Dataset) -> dict:
             for c, row in zip(seg["curve"].values.tolist(), seg["change_point"].values)
         }
     return out
+
+
+def mi_summary(ds: xr.Dataset, seg: xr.Dataset | None = None):
+    """One row per I(X;T) curve: its range over the run, saturation and peak.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Analysis Dataset with ``mi_xt`` and/or ``mi_xt_rel``.
+    seg : xarray.Dataset, optional
+        Its segmentation (for the peak and the end of fitting); computed when omitted.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``estimator``, ``resolution`` (NaN for estimators without one), ``layer``,
+        ``min``, ``max``, ``range`` (bits), ``saturated`` (fraction of checkpoints at the
+        ceiling or at 0), ``ceiling`` (bits), ``peak_step`` (NaN where no peak was found or the
+        curve is saturated) and ``peak_minus_fit_end`` (decades; negative: before the end of
+        fitting).
+    """
+    import pandas as pd
+
+    from .segmentation import segment
+
+    if seg is None:
+        seg = segment(ds)
+    _check_seg(seg)
+    events = dict(zip(seg["event"].values.tolist(), seg["event_step"].values.astype(float)))
+    fit = events.get("fit_end", np.nan)
+    rows = []
+    for var, dim in (("mi_xt", "estimator"), ("mi_xt_rel", "rel_estimator")):
+        if var not in ds:
+            continue
+        da = ds[var]
+        res_values = da["resolution"].values if "resolution" in da.dims else [None]
+        for est in da[dim].values:
+            for r in res_values:
+                for layer in da["layer"].values:
+                    sel = {dim: est, "layer": layer}
+                    if r is not None:
+                        sel["resolution"] = r
+                    v = np.asarray(da.sel(sel).values, float)
+                    sat = ds.get(f"{var}_saturated")
+                    ceil = ds.get(f"{var}_ceiling")
+                    label = ",".join([str(est)] + ([f"{float(r):g}"] if r is not None else [])
+                                     + [str(layer)])
+                    peak = events.get(f"mi_peak[{label}]", np.nan)
+                    rows.append({
+                        "estimator": str(est),
+                        "resolution": np.nan if r is None else float(r),
+                        "layer": str(layer),
+                        "min": float(np.nanmin(v)), "max": float(np.nanmax(v)),
+                        "range": float(np.nanmax(v) - np.nanmin(v)),
+                        "saturated": np.nan if sat is None else float(
+                            sat.sel({k: x for k, x in sel.items() if k in sat.dims})),
+                        "ceiling": np.nan if ceil is None else float(ceil.sel({dim: est})),
+                        "peak_step": peak,
+                        "peak_minus_fit_end": (math.log10(peak) - math.log10(fit)
+                                               if peak > 0 and fit > 0 else np.nan),
+                    })
+    return pd.DataFrame(rows)
+
+
+def format_mi_summary(table) -> str:
+    """:func:`mi_summary` as a plain-text table ("sat" marks curves at >= 90% saturation)."""
+    lines = [f"{'estimator':<14} {'c':>5} {'layer':<14} {'min':>6} {'max':>6} {'range':>6} "
+             f"{'sat':>5}  {'peak':>7} {'peak-fit':>8}"]
+    for r in table.itertuples():
+        c = "-" if not math.isfinite(r.resolution) else f"{r.resolution:g}"
+        flag = f"{r.saturated:4.0%}" if math.isfinite(r.saturated) else "-"
+        if math.isfinite(r.saturated) and r.saturated >= 0.9:
+            flag += "*"
+        peak = _fmt_step(r.peak_step)
+        sep = f"{r.peak_minus_fit_end:+.2f}" if math.isfinite(r.peak_minus_fit_end) else "-"
+        lines.append(f"{r.estimator:<14} {c:>5} {r.layer:<14} {r.min:6.2f} {r.max:6.2f} "
+                     f"{r.range:6.2f} {flag:>5}  {peak:>7} {sep:>8}")
+    lines.append("sat: fraction of checkpoints within 1% of the ceiling or of 0; * saturated "
+                 "curve (>= 90%): its peak is not searched")
+    return "\n".join(lines)

@@ -43,8 +43,17 @@ PHASES = ("fitting", "compression", "converged", "unknown")
 DEFAULT_CHANGE_POINT_VARS = ("train_loss", "test_loss", "train_acc", "test_acc", "mi_xt",
                              "mi_ty", "lc_total", "lmn", "weight_norm")
 
+#: MI variables whose curves give I(X;T) peak events (and, with I(T;Y), the plane): the
+#: sources' estimators (dim ``estimator``) and the relative-resolution ones (``rel_estimator``,
+#: ``resolution``).
+MI_VARS = (("mi_xt", "mi_ty"), ("mi_xt_rel", "mi_ty_rel"))
+#: A curve with at least this fraction of its checkpoints at the estimator's ceiling or at 0
+#: (``<var>_saturated``) is not a measurement: its events are not searched.
+SATURATED_SKIP = 0.9
+
 _KNOWN_VARS = {
-    "train_loss", "test_loss", "train_acc", "test_acc", "mi_xt", "mi_ty", "lc", "lc_std",
+    "train_loss", "test_loss", "train_acc", "test_acc", "mi_xt", "mi_ty", "mi_xt_rel",
+    "mi_ty_rel", "lc", "lc_std",
     "lc_total", "lc_total_std", "lmn", "weight_norm", "frobenius_norm", "spectral_norm",
     "stable_rank", "effective_rank", "rep_effective_rank",
 }
@@ -353,10 +362,19 @@ def _detect_events(ds, positive, logstep, opts):
         gen_open = bool(a1 - a0 > test_acc.threshold)
 
     # information plane
-    if "mi_xt" in ds:
-        for label, c in curves("mi_xt"):
-            t, note = ev.mi_peak(c) if c is not None else (np.nan, "fewer than 3 finite points")
-            add(_name("mi_peak", label), "mi_peak", t, note)
+    if "mi_xt" in ds or "mi_xt_rel" in ds:
+        for xt, _ in MI_VARS:
+            if xt not in ds:
+                continue
+            skip = dict(_saturated_columns(ds, xt))
+            for label, c in curves(xt):
+                if label in skip:
+                    t, note = np.nan, skip[label]
+                elif c is None:
+                    t, note = np.nan, "fewer than 3 finite points"
+                else:
+                    t, note = ev.mi_peak(c)
+                add(_name("mi_peak", label), "mi_peak", t, note)
         for label, (t, note) in _plane_events(ds, positive, logstep, opts):
             add(_name("plane_settled", label), "plane_settled", t, note)
     else:
@@ -481,30 +499,66 @@ def _lc_total(ds: xr.Dataset):
     return None, ""
 
 
-def _plane_events(ds, positive, logstep, opts):
-    """plane_settled per estimator, from all layers' I(X;T) and (if present) I(T;Y)."""
-    parts = [ds["mi_xt"]] + ([ds["mi_ty"]] if "mi_ty" in ds else [])
-    has_est = "estimator" in ds["mi_xt"].dims
-    ests = list(ds["mi_xt"]["estimator"].values) if has_est else [None]
+def _saturated_columns(ds: xr.Dataset, var: str) -> list[tuple[str, str]]:
+    """``(label, reason)`` of the columns of ``var`` that sit at their ceiling or at 0."""
+    sat, ceil = ds.get(f"{var}_saturated"), ds.get(f"{var}_ceiling")
+    if sat is None or ceil is None:
+        return []
+    da = ds[var]
+    other = [d for d in da.dims if d != "step"]
+    frac = sat.broadcast_like(da.isel(step=0)).transpose(*other)
+    top = ceil.broadcast_like(da.isel(step=0)).transpose(*other)
+    vals = np.asarray(da.transpose("step", *other).values, dtype=float)
+    labels = [lab for lab, _ in _flatten(da)]
     out = []
-    for est in ests:
-        cols = []
-        for da in parts:
-            if est is not None and "estimator" in da.dims:
-                da = da.sel(estimator=est)
-            cols += [c for _, c in _flatten(da)]
-        mat = np.stack(cols, axis=1)[positive]
-        ok = np.all(np.isfinite(mat), axis=1)
-        label = _fmt(est) if est is not None else ""
-        if ok.sum() < 3:
-            out.append((label, (np.nan, "fewer than 3 steps with every coordinate finite")))
+    for lab, f, c, col in zip(labels, np.ravel(frac.values), np.ravel(top.values),
+                              vals.reshape(len(vals), -1).T):
+        if not (np.isfinite(f) and f >= SATURATED_SKIP):
             continue
-        x = logstep[ok]
-        sm = np.stack([smooth_log(x, c, opts["smooth"]) for c in mat[ok].T], axis=1)
-        sds = np.array([ev.noise_sd(c, s) for c, s in zip(mat[ok].T, sm.T)])
-        out.append((label, ev.plane_settled(
-            x, sm, sds, snr=opts["snr"], settle_tol=opts["settle_tol"],
-            min_settled_decades=opts["min_settled_decades"])))
+        ok = col[np.isfinite(col)]
+        near_top = np.mean(ok >= 0.99 * c) if len(ok) else 0.0
+        name = "log2 N" if var.startswith("mi_xt") else "H(Y)"
+        where = (f"at the ceiling {name} = {c:.3g} bits" if near_top >= 0.5
+                 else "at 0 bits")
+        out.append((lab, f"saturated {where} ({f:.0%} of checkpoints within 1% of the ceiling "
+                         "or of 0): not a measurement of the layer"))
+    return out
+
+
+def _plane_events(ds, positive, logstep, opts):
+    """plane_settled per estimator (and resolution), from all layers' I(X;T) and I(T;Y)."""
+    out = []
+    for xt, ty in MI_VARS:
+        if xt not in ds:
+            continue
+        parts = [ds[xt]] + ([ds[ty]] if ty in ds else [])
+        groups = [d for d in ds[xt].dims if d not in ("step", "layer")]
+        combos = (itertools.product(*(ds[xt][d].values for d in groups)) if groups else [()])
+        saturated = {lab for lab, _ in _saturated_columns(ds, xt)}
+        for combo in combos:
+            sel = dict(zip(groups, combo))
+            label = ",".join(_fmt(v) for v in combo)
+            cols, labs = [], []
+            for da in parts:
+                sub = da.sel({k: v for k, v in sel.items() if k in da.dims})
+                for lab, c in _flatten(sub):
+                    cols.append(c)
+                    labs.append(f"{label},{lab}" if label and lab else (label or lab))
+            if all(lab in saturated for lab in labs[:len(labs) // len(parts)]):
+                out.append((label, (np.nan, "every layer's I(X;T) is saturated (at its ceiling "
+                                            "or at 0): the trajectory is not measured")))
+                continue
+            mat = np.stack(cols, axis=1)[positive]
+            ok = np.all(np.isfinite(mat), axis=1)
+            if ok.sum() < 3:
+                out.append((label, (np.nan, "fewer than 3 steps with every coordinate finite")))
+                continue
+            x = logstep[ok]
+            sm = np.stack([smooth_log(x, c, opts["smooth"]) for c in mat[ok].T], axis=1)
+            sds = np.array([ev.noise_sd(c, s) for c, s in zip(mat[ok].T, sm.T)])
+            out.append((label, ev.plane_settled(
+                x, sm, sds, snr=opts["snr"], settle_tol=opts["settle_tol"],
+                min_settled_decades=opts["min_settled_decades"])))
     return out
 
 

@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from .overview import plot_overview
 from .plane import plot_information_plane
+from .resolution import plot_resolution_curve
 
-__all__ = ["plot_overview", "plot_information_plane"]
+__all__ = ["plot_overview", "plot_information_plane", "plot_resolution_curve"]

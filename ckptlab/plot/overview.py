@@ -11,6 +11,7 @@ import xarray as xr
 
 from .._checks import check_choice
 from ..errors import ValidationError
+from ._mi import choose_mi
 from ._style import (
     EVENT_STYLES,
     PHASE_COLORS,
@@ -33,6 +34,7 @@ def plot_overview(
     *,
     fig: Figure | None = None,
     estimator: str | None = None,
+    resolution: float | None = None,
     radius: float | None = None,
     events: Sequence[str] | None = None,
 ) -> Figure:
@@ -56,9 +58,13 @@ def plot_overview(
         An empty figure to draw into; by default a new one sized to the number of panels
         (created without pyplot, so nothing is registered or shown).
     estimator : str, optional
-        Estimator of the I(X;T) panel; default: the one whose curves move the most over the
-        run (largest range summed over layers), since a saturated estimator (every input in its
-        own bin: I = log2 N throughout) draws flat lines; ties go to the first listed.
+        Estimator of the I(X;T) panel (of ``mi_xt`` or of the relative-resolution
+        ``mi_xt_rel``); default: the estimator and resolution whose *unsaturated* curves span
+        the widest range over the run, summed over layers (ties: the first listed). The panel's
+        title says which; a layer whose curve sits at the estimator's ceiling or at 0 is drawn
+        grey and dashed and marked "saturated", and a panel with nothing else says so.
+    resolution : float, optional
+        Resolution of a relative-resolution estimator (default: as above).
     radius : float, optional
         Radius of the local-complexity panel; default the first one.
     events : sequence of str, optional
@@ -84,10 +90,8 @@ def plot_overview(
             raise ValidationError(f"events must be a sequence of event types, got {events!r}")
         for e in events:
             check_choice("events entries", e, EVENT_STYLES)
-    if "mi_xt" in ds and estimator is None and "estimator" in ds["mi_xt"].dims:
-        estimator = _most_informative(ds["mi_xt"])
-
-    panels = _panels(ds, estimator, radius)
+    mi = choose_mi(ds, estimator, resolution)
+    panels = _panels(ds, mi, radius)
     if not panels:
         raise ValidationError(
             "ds holds none of the variables plot_overview draws (train_acc, test_acc, "
@@ -100,9 +104,14 @@ def plot_overview(
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
     keep, steps = positive_steps(ds)
 
-    for ax, (ylabel, lines, logy) in zip(axes, panels):
+    for ax, (ylabel, lines, logy, title) in zip(axes, panels):
         for label, da, kw in lines:
             ax.plot(steps, np.asarray(da.values, float)[keep], label=label, **kw)
+        if title:
+            ax.set_title(title, fontsize=8, loc="left")
+        if lines and all(kw.get("ls") == "--" for _, _, kw in lines):
+            ax.text(0.5, 0.5, "saturated: not a measurement", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=9, color="#777777")
         ax.set_ylabel(textwrap.fill(ylabel, 24), fontsize=9)
         ax.set_xscale("log")
         if logy:
@@ -128,15 +137,8 @@ def plot_overview(
     return fig
 
 
-def _most_informative(mi: xr.DataArray) -> str:
-    ests = [str(e) for e in mi["estimator"].values]
-    spans = (mi.max("step") - mi.min("step")).sum("layer" if "layer" in mi.dims else ())
-    spans = np.nan_to_num(np.asarray(spans.values, dtype=float), nan=-1.0)
-    return ests[int(np.argmax(spans))]
-
-
-def _panels(ds, estimator, radius):
-    """[(ylabel, [(legend label, DataArray over step, plot kwargs)], log-y)] of present panels."""
+def _panels(ds, mi, radius):
+    """[(ylabel, [(legend label, DataArray over step, plot kwargs)], log-y, title)]."""
     panels = []
     colors = {"train": "#1f77b4", "test": "#d62728", "random": "#7f7f7f"}
     for kind in ("acc", "loss"):
@@ -146,15 +148,24 @@ def _panels(ds, estimator, radius):
             lines = [(str(d.attrs.get("long_name") or d.name), d, {"color": colors[s], "lw": 1.2})
                      for s, d in das]
             logy = kind == "loss" and _spans_decades([d for _, d in das])
-            panels.append((common_label([d for _, d in das]), lines, logy))
-    if "mi_xt" in ds:
-        da = pick(ds["mi_xt"], "estimator", estimator, "estimator")
-        lines = _per(da, "layer", {})
-        label = label_of(da, "I(X;T)")
-        if estimator is not None and "estimator" in ds["mi_xt"].dims:
-            label = label.replace(" [", f" ({estimator}) [", 1) if "[" in label else (
-                f"{label} ({estimator})")
-        panels.append((label, lines, False))
+            panels.append((common_label([d for _, d in das]), lines, logy, None))
+    if mi is not None:
+        lines = []
+        for label, da, kw in _per(mi.xt, "layer", {}):
+            if label in mi.saturated or (mi.saturated == ("",)):
+                kw = {**kw, "ls": "--", "color": "#999999"}
+                label = f"{label} (saturated)"
+            lines.append((label, da, kw))
+        ceiling = ds.get(f"{mi.xt.name}_ceiling")
+        title = f"I(X;T): {mi.label}" if mi.label else "I(X;T)"
+        if ceiling is not None and mi.saturated:
+            c = ceiling.sel({d: mi.estimator for d in ceiling.dims})
+            title += f" (ceiling log2 N = {float(c):.3g} bits)"
+        ylabel = label_of(mi.xt, "I(X;T)")
+        if mi.label:
+            ylabel = (ylabel.replace(" [", f" ({mi.label}) [", 1) if "[" in ylabel
+                      else f"{ylabel} ({mi.label})")
+        panels.append((ylabel, lines, False, title))
     lc = ds["lc_total"] if "lc_total" in ds else (
         ds["lc"].sum("layer", skipna=False).assign_attrs(ds["lc"].attrs)
         if "lc" in ds and "layer" in ds["lc"].dims else None)
@@ -167,11 +178,11 @@ def _panels(ds, estimator, radius):
         label = label_of(lc, "local complexity")
         if r is not None:
             label = label.replace(" [", f" (r={float(r):g}) [", 1)
-        panels.append((label, _per(lc, "split", colors), False))
+        panels.append((label, _per(lc, "split", colors), False, None))
     for name in ("lmn", "weight_norm"):
         if name in ds and ds[name].dims == ("step",):
             panels.append((label_of(ds[name]), [(name, ds[name], {"color": "#333333",
-                                                                  "lw": 1.2})], False))
+                                                                  "lw": 1.2})], False, None))
     return panels
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ValidationError
-from ._style import check_dataset, label_of, pick, positive_steps
+from ._mi import choose_mi
+from ._style import check_dataset, label_of, positive_steps
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -21,7 +22,8 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 def plot_information_plane(
     ds: xr.Dataset,
     *,
-    estimator: str = "binning",
+    estimator: str | None = None,
+    resolution: float | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Plot each layer's trajectory in the information plane (Shwartz-Ziv and Tishby).
@@ -34,8 +36,12 @@ def plot_information_plane(
     ----------
     ds : xarray.Dataset
         Analysis Dataset with ``mi_xt`` and ``mi_ty`` over (step[, estimator][, layer]).
-    estimator : str, default "binning"
-        Which estimator's values to plot.
+    estimator : str, optional
+        Which estimator's values to plot (of ``mi_xt``, or of ``mi_xt_rel`` with
+        ``resolution``); default: the one whose unsaturated curves span the widest range (see
+        :func:`ckptlab.plot.plot_overview`). The title says which.
+    resolution : float, optional
+        Resolution of a relative-resolution estimator.
     ax : matplotlib.axes.Axes, optional
         Axes to draw into; by default a new figure (created without pyplot) with one axes.
 
@@ -54,14 +60,14 @@ def plot_information_plane(
     arXiv:1703.00810 (2017).
     """
     check_dataset(ds, "plot_information_plane")
-    missing = [v for v in ("mi_xt", "mi_ty") if v not in ds]
-    if missing:
-        raise ValidationError(f"plot_information_plane needs variables 'mi_xt' and 'mi_ty' in "
-                              f"ds; missing {', '.join(map(repr, missing))}")
-    if not isinstance(estimator, str):
-        raise ValidationError(f"estimator must be a string, got {estimator!r}")
-    xt = pick(ds["mi_xt"], "estimator", estimator, "estimator")
-    ty = pick(ds["mi_ty"], "estimator", estimator, "estimator")
+    if not (("mi_xt" in ds and "mi_ty" in ds) or ("mi_xt_rel" in ds and "mi_ty_rel" in ds)):
+        raise ValidationError("plot_information_plane needs variables 'mi_xt' and 'mi_ty' (or "
+                              "'mi_xt_rel' and 'mi_ty_rel') in ds")
+    choice = choose_mi(ds, estimator, resolution)
+    if choice.ty is None:
+        raise ValidationError(f"plot_information_plane: no I(T;Y) for estimator "
+                              f"{choice.label!r}")
+    xt, ty = choice.xt, choice.ty
 
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -94,8 +100,10 @@ def plot_information_plane(
     ax.legend(handles=handles, fontsize=8, loc="best", frameon=False)
     ax.set_xlabel(label_of(xt, "I(X;T)"), fontsize=9)
     ax.set_ylabel(label_of(ty, "I(T;Y)"), fontsize=9)
-    est = estimator if "estimator" in ds["mi_xt"].dims else None
-    ax.set_title("information plane" + (f" ({est})" if est else ""), fontsize=10)
+    title = "information plane" + (f" ({choice.label})" if choice.label else "")
+    if choice.saturated:
+        title += f"\nsaturated: {', '.join(choice.saturated)}"
+    ax.set_title(title, fontsize=10)
     ax.tick_params(labelsize=8)
     ax.grid(True, alpha=0.25, lw=0.5)
     if sc is not None:

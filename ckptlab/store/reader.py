@@ -14,11 +14,11 @@ import xarray as xr
 import zarr
 from zarr.core.sync import sync
 
-from ..errors import ArchiveError, CorruptArchiveError
+from ..errors import ArchiveError, ChecksumError, CorruptArchiveError
 from . import format as fmt
 from .serial import numpy_to_tensor, unflatten_state
 
-__all__ = ["Run", "open_run", "run_info", "check_replaceable"]
+__all__ = ["Run", "open_run", "run_info", "check_replaceable", "read_rows"]
 
 
 def check_replaceable(path: Path) -> None:
@@ -39,6 +39,82 @@ def _chunk_keys(arr: zarr.Array, n: int) -> list[str]:
     if arr.ndim == 0:
         return [f"{arr.path}/c"]
     return [f"{arr.path}/c/{i}" + (f"/{tail}" if tail else "") for i in range(math.ceil(n / c))]
+
+
+def _rows_of(sel, length: int) -> tuple[int, int]:
+    """First and stop row (first axis) that an index expression reads."""
+    first = sel[0] if isinstance(sel, tuple) and sel else sel
+    if isinstance(first, slice):
+        a, b, _ = first.indices(length)
+        return a, max(a, b)
+    if isinstance(first, (int, np.integer)):
+        i = int(first) + (length if first < 0 else 0)
+        return i, i + 1
+    return 0, length
+
+
+def _steps_of(store, rows: tuple[int, int]) -> tuple[int, int] | None:
+    """Training steps of checkpoint positions [a, b) (None when params/step is unreadable)."""
+    try:
+        st = zarr.open_array(store, path=f"{fmt.PARAMS}/{fmt.STEP}", mode="r")
+        b = min(rows[1], st.shape[0])
+        if b <= rows[0]:
+            return None
+        v = np.asarray(st[rows[0] : b])
+        return int(v[0]), int(v[-1])
+    except Exception:
+        return None
+
+
+def read_error(arr: zarr.Array, rows, *, path, exc: BaseException | None = None,
+               n: int | None = None) -> CorruptArchiveError:
+    """The error to raise when reading rows [a, b) of ``arr`` failed: which chunk, why.
+
+    Every chunk under the read is fetched raw and its crc32c checked; a mismatch gives a
+    :class:`ChecksumError` naming the array, the chunk, the checkpoint positions and the
+    training steps it holds (from ``params/step``; ``n``, the committed count, marks rows past
+    the commit). Otherwise a :class:`CorruptArchiveError` carrying zarr's own message.
+    """
+    name = arr.path
+    store = arr.store
+    stepped = name.split("/", 1)[0] in (fmt.PARAMS, fmt.METRICS) and arr.ndim > 0
+    if fmt.has_checksums(arr):
+        for key, (r0, r1) in fmt.chunks(arr, rows):
+            try:
+                raw = fmt.get_raw(store, key)
+            except Exception:
+                raw = None
+            if raw is None or fmt.chunk_checksum_ok(raw):
+                continue
+            where, srows, ssteps = "", None, None
+            if stepped:
+                srows = (r0, r1 - 1)
+                ssteps = _steps_of(store, (r0, r1 if n is None else min(r1, n)))
+                last = r1 - 1 if n is None else min(r1, n) - 1
+                where = (f" (checkpoints {r0}..{last}" if last >= r0 else
+                         f" (rows {r0}..{r1 - 1}, past the commit")
+                if ssteps is not None and last >= r0:
+                    where += f", steps {ssteps[0]}..{ssteps[1]}"
+                where += ")"
+            advice = (f"`ckptlab verify {path!s} --repair` drops the checkpoints from there on"
+                      if stepped else "this array cannot be recovered from the archive")
+            return ChecksumError(
+                f"cannot read array {name!r} of {path!s}: chunk {key!r}{where} fails its "
+                "crc32c checksum: its bytes changed after they were written (a disk fault, a "
+                f"truncated or partial copy); {advice}",
+                array=name, chunk=key, rows=srows, steps=ssteps,
+            )
+    detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    return CorruptArchiveError(f"cannot read array {name!r} of {path!s}{detail}")
+
+
+def read_rows(arr: zarr.Array, sel, *, path, n: int | None = None) -> np.ndarray:
+    """``arr[sel]`` as a numpy array; a failure becomes :func:`read_error`'s error."""
+    try:
+        return np.asarray(arr[sel])
+    except Exception as exc:
+        raise read_error(arr, _rows_of(sel, arr.shape[0] if arr.ndim else 1), path=path,
+                         exc=exc, n=n) from None
 
 
 class _ArchiveArray:
@@ -66,12 +142,12 @@ class _ArchiveArray:
 
     def __getitem__(self, key):
         try:
-            return np.asarray(self._array()[key])
+            arr = self._array()
         except Exception as exc:
             raise CorruptArchiveError(
-                f"cannot read array {self.name!r} of {self.path!s} at {key!r}: "
-                f"{type(exc).__name__}: {exc}"
+                f"cannot open array {self.name!r} of {self.path!s}: {type(exc).__name__}: {exc}"
             ) from None
+        return read_rows(arr, key, path=self.path, n=self.shape[0] if self.ndim else None)
 
 
 class Run:
@@ -98,7 +174,7 @@ class Run:
             if gname not in self._root:
                 raise CorruptArchiveError(f"{self.path!s} lacks the group {gname!r}")
             g = self._root[gname]
-            found = set(g.array_keys())
+            found = set(fmt.array_names(g))
             order = [k for k in g.attrs.get("order", []) if k in found]
             for name in order + sorted(found - set(order)):
                 arr = g[name]
@@ -130,6 +206,11 @@ class Run:
         return dict(self.header.get("model_spec") or {})
 
     @property
+    def model_info(self) -> dict:
+        """What the Recorder noted of a user's model (class name, parameter shapes); info only."""
+        return dict(self.header.get("model_info") or {})
+
+    @property
     def config(self) -> dict:
         return dict(self.header.get("config") or {})
 
@@ -156,12 +237,7 @@ class Run:
         return [k[len(p) :] for k in self._arrays if k.startswith(p) and k != p + fmt.STEP]
 
     def _read(self, key: str, sel) -> np.ndarray:
-        try:
-            return np.asarray(self._arrays[key][sel])
-        except Exception as exc:
-            raise CorruptArchiveError(
-                f"cannot read array {key!r} of {self.path!s}: {type(exc).__name__}: {exc}"
-            ) from None
+        return read_rows(self._arrays[key], sel, path=self.path, n=self.n)
 
     # ------------------------------------------------------------------ data
     def params(self, start: int, stop: int | None = None, *, names=None) -> dict[str, np.ndarray]:
@@ -201,15 +277,7 @@ class Run:
         if fmt.DATA not in self._root:
             return {}
         g = self._root[fmt.DATA]
-        out = {}
-        for name in g.array_keys():
-            try:
-                out[name] = np.asarray(g[name][...])
-            except Exception as exc:
-                raise CorruptArchiveError(
-                    f"cannot read data array {name!r} of {self.path!s}: {exc}"
-                ) from None
-        return out
+        return {name: read_rows(g[name], ..., path=self.path) for name in fmt.array_names(g)}
 
     def training_state(self, *, as_tensors: bool = True) -> dict | None:
         """Optimizer and trainer state saved with the newest checkpoint, or None."""
@@ -218,7 +286,7 @@ class Run:
             return None
         try:
             z = self._root[f"{fmt.STATE}/{slot}"]
-            blob = np.asarray(z[...])
+            blob = read_rows(z, ..., path=self.path)
             skeleton, index = z.attrs["skeleton"], z.attrs["index"]
             arrays = {}
             for name, e in index.items():
@@ -226,6 +294,8 @@ class Run:
                 count = int(np.prod(e["shape"], dtype=np.int64))
                 raw = blob[e["offset"] : e["offset"] + count * dt.itemsize]
                 arrays[name] = raw.view(dt).reshape(e["shape"]).copy()
+        except CorruptArchiveError:
+            raise
         except Exception as exc:
             raise CorruptArchiveError(
                 f"cannot read the training state {slot!r} of {self.path!s}: {exc}"
@@ -282,7 +352,7 @@ class Run:
             )
         analyses = []
         if fmt.ANALYSIS in self._root:
-            analyses = sorted(self._root[fmt.ANALYSIS].group_keys())
+            analyses = sorted(fmt.group_names(self._root[fmt.ANALYSIS]))
         n_params = sum(
             int(np.prod(self._arrays[f"{fmt.PARAMS}/{n}"].shape[1:])) for n in self.param_names
         )
@@ -290,6 +360,7 @@ class Run:
             "path": str(self.path),
             "format_version": self.header["format_version"],
             "model": self.model_spec,
+            "model_info": self.model_info,
             "n_parameters": n_params,
             "task": self.task,
             "seed": self.header.get("seed"),

@@ -24,17 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import zarr
+from zarr.core.array import AsyncArray
 from zarr.core.sync import sync
 
 from .._checks import check_choice, check_float, check_int
 from ..errors import (
     ArchiveExistsError,
+    ArchiveNotFoundError,
     CkptlabError,
     ShapeMismatchError,
     StepOrderError,
     ValidationError,
 )
 from . import format as fmt
+from .lock import WriterLock
 from .serial import flatten_state, tensor_to_numpy
 
 __all__ = ["Recorder"]
@@ -85,6 +88,17 @@ def _data_dims(name: str, ndim: int) -> list[str]:
     return [f"{name}_{i}" for i in range(ndim)]
 
 
+def describe_module(model: torch.nn.Module) -> dict:
+    """What an archive records of a user's module: information only, never imported."""
+    cls = type(model)
+    params = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "parameters": params,
+        "n_parameters": int(sum(math.prod(s) for s in params.values())),
+    }
+
+
 def _json_ready(name: str, obj):
     """Check that ``obj`` survives a JSON round trip (attrs are JSON, never pickles)."""
     import json
@@ -106,7 +120,13 @@ class Recorder:
         JSON-able spec that rebuilds the model (``{"name": ..., "kwargs": {...}}``); taken from
         ``model.spec`` when omitted and the model has one.
     model : torch.nn.Module, optional
-        Only used for its ``spec`` attribute.
+        The model being trained. A ckptlab model (:class:`ckptlab.models.ProbeModel`) gives
+        its ``spec``; any other module is recorded as information only: its class's qualified
+        name and its parameter names and shapes (``model_info``; nothing in it is ever
+        imported: analyse such a run with ``ckptlab.analyze(path, model=...)``).
+    model_info : dict, optional
+        JSON-able description of the model when there is no spec (taken from ``model`` when
+        omitted), shown by ``ckptlab info``.
     data : mapping of str to array, optional
         The data the run used (``x_train``, ``y_train``, ``x_test``, ``y_test``, ...), stored
         once so analysis needs nothing else.
@@ -130,12 +150,26 @@ class Recorder:
     truncate_after : int, optional
         With ``mode="a"``: drop the checkpoints after this step before appending.
 
+    Raises
+    ------
+    ArchiveLockedError
+        Another Recorder (a trainer, an importer, a repair) is writing the archive; the
+        message names it (pid, host, since when).
+    ArchiveExistsError, ArchiveNotFoundError, ValidationError
+
     Notes
     -----
+    One writer per archive: the Recorder holds the archive's writer lock (a ``flock`` on
+    ``.<name>.lock`` beside a local archive, see :mod:`ckptlab.store.lock`) from construction
+    to :meth:`close`, and releases it on errors; the kernel releases it if the process dies.
+    Readers never take it.
+
     A local archive is created in a temporary sibling directory and renamed into place, so a
-    crash never leaves a half-made archive at ``path``. Each chunk and metadata file is replaced
-    atomically and the commit record is written last: after a SIGKILL at any moment the archive
-    opens and holds exactly the checkpoints committed before it.
+    crash never leaves a half-made archive at ``path``. Each batch writes its chunks first,
+    then each array's shape, then the root ``zarr.json`` holding the commit record and the
+    committed shape of every array (consolidated metadata) in one atomic write: after a SIGKILL
+    at any moment the archive opens with exactly the checkpoints committed before it, through
+    ckptlab and through plain ``xarray.open_zarr``.
     """
 
     def __init__(
@@ -144,6 +178,7 @@ class Recorder:
         *,
         model_spec: Mapping | None = None,
         model: torch.nn.Module | None = None,
+        model_info: Mapping | None = None,
         data: Mapping | None = None,
         config: Mapping | None = None,
         task: Mapping | None = None,
@@ -168,8 +203,18 @@ class Recorder:
             if mode != "a":
                 raise ValidationError("truncate_after needs mode='a'")
         self.path = path
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise ValidationError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}")
         if model_spec is None and model is not None:
-            model_spec = getattr(model, "spec", None)
+            from ..models import ProbeModel
+
+            # only ckptlab's own models have a registry spec; a user's `spec` attribute may be
+            # anything (a spectrogram, a config object)
+            if isinstance(model, ProbeModel):
+                model_spec = model.spec
+        if model_info is None and model is not None and not model_spec:
+            model_info = describe_module(model)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._closed = False
@@ -177,7 +222,30 @@ class Recorder:
         self._tails: dict[str, np.ndarray] = {}  # committed rows of each partial last chunk
         self._handles: dict[str, zarr.Array] = {}  # "group/name" -> open array
         self._param_meta: dict[str, tuple[tuple[int, ...], np.dtype, str | None]] | None = None
+        self._docs: dict[str, dict] = {}  # "group/name" -> metadata document (snapshot)
+        self._group_docs: dict[str, dict] = {}
+        self._slot_doc: dict | None = None  # metadata document of the committed state slot
 
+        local = fmt.local_path(path)
+        if mode == "a" and not fmt.exists(path):
+            raise ArchiveNotFoundError(f"no archive at {path!s}: the path does not exist")
+        if local is not None and mode != "a":
+            local.parent.mkdir(parents=True, exist_ok=True)
+        # The writer lock first, before anything is read or written: it covers the final path
+        # (a sibling lock file), so creation, replacement and appending are all one writer's.
+        self._wlock = WriterLock(path, purpose="write").acquire()
+        try:
+            self._open(path, mode, truncate_after, model_spec, model_info, data, config, task,
+                       seed)
+            self._writer = threading.Thread(target=self._run, name="ckptlab-recorder",
+                                            daemon=True)
+            self._writer.start()
+        except BaseException:
+            self._wlock.release()
+            raise
+
+    def _open(self, path, mode, truncate_after, model_spec, model_info, data, config, task,
+              seed) -> None:
         if mode == "a":
             self._root = fmt.open_root(path, mode="r+")
             self._recover(truncate_after)
@@ -190,6 +258,7 @@ class Recorder:
             header = {
                 "format_version": fmt.FORMAT_VERSION,
                 "model_spec": _json_ready("model_spec", dict(model_spec or {})),
+                "model_info": _json_ready("model_info", dict(model_info or {})),
                 "task": _json_ready("task", dict(task or {})),
                 "config": _json_ready("config", dict(config or {})),
                 "seed": None if seed is None else check_int("seed", seed),
@@ -198,11 +267,13 @@ class Recorder:
                 "commit": {"n": 0, "last_step": None, "state_slot": None},
             }
             self._root = self._create(path, header, dict(data or {}), replace=(mode == "w"))
+            self._header = header
+            self._root_attrs = {}
+            self._snapshot = header["format_version"] >= fmt.SNAPSHOT_SINCE
             self._n = 0
             self._last_step: int | None = None
             self._slot: str | None = None
-        self._writer = threading.Thread(target=self._run, name="ckptlab-recorder", daemon=True)
-        self._writer.start()
+            self._read_group_docs()
 
     # ------------------------------------------------------------------ creation / recovery
     def _create(self, path, header: dict, data: dict, *, replace: bool) -> zarr.Group:
@@ -211,6 +282,11 @@ class Recorder:
         if local is not None:
             # Build next to the destination, then rename: the archive appears whole or not at all.
             local.parent.mkdir(parents=True, exist_ok=True)
+            # Leftovers of a creation or replacement killed half-way: only a holder of this
+            # path's writer lock makes them, and we hold it now, so their maker is gone.
+            for junk in list(local.parent.glob(f".{local.name}.*.partial")) + list(
+                    local.parent.glob(f".{local.name}.*.old")):
+                shutil.rmtree(junk, ignore_errors=True)
             target = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.partial")
         store = fmt.open_store(str(target) if local is not None else path, read_only=False)
         root = zarr.open_group(store, mode="w")
@@ -232,9 +308,12 @@ class Recorder:
                 **fmt.plain_codecs(arr.dtype.itemsize),
             )
             z[...] = arr
-        root.attrs[fmt.ATTR_KEY] = header
+        # the header and the (empty) snapshot in one write
+        snapshot = header["format_version"] >= fmt.SNAPSHOT_SINCE
+        fmt.write_root(store, {fmt.ATTR_KEY: header},
+                       fmt.read_tree(store) if snapshot else None)
         if local is None:
-            return root
+            return zarr.open_group(store, mode="r+")
         if local.exists():
             if not replace:  # raced with another writer
                 shutil.rmtree(target, ignore_errors=True)
@@ -255,29 +334,44 @@ class Recorder:
         """Reopen for appending: drop uncommitted rows and leftovers of a killed writer.
 
         With ``truncate_after``, checkpoints at later steps are dropped too (a trainer resuming
-        from an older training state regenerates them).
+        from an older training state regenerates them). The commit record (and the snapshot
+        plain readers use) is written first, then the arrays are cut back to it.
         """
+        from .reader import read_rows
+
         header = fmt.read_header(self._root)
+        self._header = header
+        self._root_attrs = {k: v for k, v in self._root.attrs.items() if k != fmt.ATTR_KEY}
+        # an archive keeps its format: a format-1 archive gets no snapshot (older readers)
+        self._snapshot = int(header.get("format_version", 1)) >= fmt.SNAPSHOT_SINCE
         commit = header["commit"]
         self._n = int(commit["n"])
         self._last_step = commit["last_step"]
         self._slot = commit["state_slot"]
         if truncate_after is not None and self._n:
-            steps = np.asarray(self._root[f"{fmt.PARAMS}/{fmt.STEP}"][: self._n])
+            steps = read_rows(self._root[f"{fmt.PARAMS}/{fmt.STEP}"], slice(0, self._n),
+                              path=self.path)
             keep = int(np.searchsorted(steps, truncate_after, side="right"))
             if keep < self._n:
                 self._n = keep
                 self._last_step = int(steps[keep - 1]) if keep else None
-                header["commit"] = {"n": keep, "last_step": self._last_step,
-                                    "state_slot": self._slot}
-                self._root.attrs[fmt.ATTR_KEY] = header  # arrays are cut back to n below
         local = fmt.local_path(self.path)
         if local is not None:
             for junk in local.rglob("*.partial"):
                 junk.unlink(missing_ok=True)
         pgroup = self._root[fmt.PARAMS]
-        found = [k for k in pgroup.array_keys() if k != fmt.STEP]
+        if self._n == 0:
+            # nothing committed: arrays a killed first batch created (perhaps not all of them)
+            # are dropped, so the next save defines the parameters afresh
+            for gname in (fmt.PARAMS, fmt.METRICS):
+                g = self._root[gname]
+                for name in list(fmt.array_names(g)):
+                    del g[name]
+            if "order" in pgroup.attrs:
+                del pgroup.attrs["order"]
+        found = [k for k in fmt.array_names(pgroup) if k != fmt.STEP]
         order = list(pgroup.attrs.get("order", []))
+        self._order_written = bool(order)
         names = [k for k in order if k in found] + sorted(k for k in found if k not in order)
         if names:
             self._param_meta = {}
@@ -290,18 +384,29 @@ class Recorder:
                 )
         for gname in (fmt.PARAMS, fmt.METRICS):
             g = self._root[gname]
-            for name in list(g.array_keys()):
-                arr = g[name]
-                self._handles[f"{gname}/{name}"] = arr
-                if arr.shape[0] != self._n:
-                    arr.resize((self._n,) + tuple(arr.shape[1:]))
-                c = arr.chunks[0]
-                start = (self._n // c) * c
-                self._tails[f"{gname}/{name}"] = np.asarray(arr[start : self._n])
-        sgroup = self._root[fmt.STATE]
-        for slot in list(sgroup.keys()):
+            for name in list(fmt.array_names(g)):
+                self._handles[f"{gname}/{name}"] = g[name]
+        self._read_group_docs()
+        if self._slot is not None:
+            try:
+                self._slot_doc = fmt.array_doc(self._root[f"{fmt.STATE}/{self._slot}"])
+            except KeyError:
+                self._slot_doc = None
+        self._commit(*self._commit_document(self._n, self._last_step, self._slot))
+        for key, arr in self._handles.items():
+            if arr.shape[0] != self._n:
+                arr.resize((self._n,) + tuple(arr.shape[1:]))
+            c = arr.chunks[0]
+            start = (self._n // c) * c
+            self._tails[key] = read_rows(arr, slice(start, self._n), path=self.path)
+        # other slots, including one a killed writer left half-made (no zarr.json yet)
+        for slot in fmt.list_children(self._root.store, fmt.STATE):
             if slot != self._slot:
-                del sgroup[slot]
+                fmt.delete_child(self._root.store, fmt.STATE, slot)
+
+    def _read_group_docs(self) -> None:
+        for g in (fmt.PARAMS, fmt.METRICS, fmt.STATE):
+            self._group_docs[g] = fmt.group_doc(self._root[g].attrs)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -418,8 +523,12 @@ class Recorder:
             self._raise_pending()
             return
         self._closed = True
-        self._put(_STOP)
-        self._writer.join()
+        try:
+            self._put(_STOP)
+            self._writer.join()
+        finally:
+            # only once the writer thread is done (or dead): a next writer may start right away
+            self._wlock.release()
         self._raise_pending()
 
     def __enter__(self) -> Recorder:
@@ -531,6 +640,7 @@ class Recorder:
             pgroup = self._root[fmt.PARAMS]
             if "order" not in pgroup.attrs:
                 pgroup.attrs["order"] = list(self._param_meta)
+            self._group_docs[fmt.PARAMS] = fmt.group_doc(pgroup.attrs)
             self._order_written = True
         for name, (shape, dtype, tdt) in self._param_meta.items():
             key = f"{fmt.PARAMS}/{name}"
@@ -559,6 +669,7 @@ class Recorder:
             if f"{g}/{fmt.STEP}" not in self._handles:
                 self._new_scalar(g, fmt.STEP, np.int64, n0, fill=0)
             jobs.append((f"{g}/{fmt.STEP}", steps))
+        # 1. The rows, in chunks past each array's visible shape (no metadata changes yet).
         # One trip through zarr's event loop for every array of the batch: the writes of
         # different arrays overlap instead of paying the sync round trip one by one.
         sync(_gather([self._append(key, rows, n0) for key, rows in jobs]))
@@ -569,9 +680,12 @@ class Recorder:
             newest = with_state[-1]
             slot = f"step{newest.step}"
             self._write_state(slot, newest.state)
-        header = fmt.read_header(self._root)
-        header["commit"] = {"n": n0 + m, "last_step": int(steps[-1]), "state_slot": slot}
-        self._root.attrs[fmt.ATTR_KEY] = header  # the commit: one atomic metadata write
+        commit = self._commit_document(n0 + m, int(steps[-1]), slot)  # built before 2.
+        # 2. Each array's own shape: readers of per-array metadata see the rows from here on
+        # (all of them written, but until 3. not yet committed: keep this window short).
+        sync(_gather([self._grow(key, n0 + m) for key, _ in jobs]))
+        # 3. The commit: record and snapshot of every committed shape in one atomic write.
+        self._commit(*commit)
         if slot != self._slot and self._slot is not None:
             try:
                 del self._root[f"{fmt.STATE}/{self._slot}"]
@@ -582,8 +696,7 @@ class Recorder:
 
     def _new_scalar(self, group: str, name: str, dtype, n0: int, *, fill) -> None:
         dtype = np.dtype(dtype)
-        arr = self._root[group].create_array(
-            name,
+        kw = dict(
             shape=(n0,),
             dtype=dtype,
             chunks=(fmt.steps_per_chunk(dtype.itemsize) * 16,),
@@ -592,27 +705,77 @@ class Recorder:
             config={"write_empty_chunks": True},
             **fmt.trajectory_codecs(1, dtype.itemsize),
         )
+        if n0:
+            # A metric first seen after some commits: its committed rows are fill values, and
+            # a reader must never find a committed row without its chunk. So the chunks come
+            # first, through an in-memory twin of the array, and its metadata after them.
+            twin = zarr.create_array(zarr.storage.MemoryStore(), **kw)._async_array
+            ahead = AsyncArray(twin.metadata, self._root.store_path / group / name,
+                               twin.config)
+            sync(ahead.setitem(slice(0, n0), np.full(n0, fill, dtype)))
+        arr = self._root[group].create_array(name, **kw)
         c = arr.chunks[0]
         start = (n0 // c) * c
-        if start:  # earlier rows: written explicitly so no chunk of a committed row is missing
-            arr[:start] = np.full(start, fill, dtype)
         self._handles[f"{group}/{name}"] = arr
         self._tails[f"{group}/{name}"] = np.full(n0 - start, fill, dtype)
 
     async def _append(self, key: str, values: np.ndarray, n0: int) -> None:
-        """Write rows n0.. of array ``key``, rewriting the partial tail chunk whole."""
+        """Write rows n0.. of array ``key``, rewriting the partial tail chunk whole.
+
+        Only chunks are written: through a copy of the array's handle with the new length,
+        held in memory, so the stored shape (what readers see) is unchanged until
+        :meth:`_grow`. The rewritten tail chunk holds the committed rows unchanged.
+        """
         arr = self._handles[key]._async_array  # zarr's async handle; resize updates it in place
         c = arr.chunks[0]
         start = (n0 // c) * c
         tail = self._tails[key]
         rows = np.concatenate([tail, values]) if len(tail) else values
         new_n = n0 + len(values)
-        await arr.resize((new_n,) + tuple(arr.shape[1:]))
+        ahead = AsyncArray(arr.metadata.update_shape((new_n,) + tuple(arr.shape[1:])),
+                           arr.store_path, arr.config)
         # From a chunk boundary to the end of the array: zarr sees whole chunks and never has
         # to read one back.
-        await arr.setitem(slice(start, new_n), rows)
+        await ahead.setitem(slice(start, new_n), rows)
         tail_start = (new_n // c) * c
         self._tails[key] = rows[tail_start - start :].copy()
+
+    async def _grow(self, key: str, new_n: int) -> None:
+        arr = self._handles[key]._async_array
+        if arr.shape[0] != new_n:
+            await arr.resize((new_n,) + tuple(arr.shape[1:]))
+
+    def _commit_document(self, n: int, last_step: int | None, slot: str | None):
+        """(header, root document or None): the commit, ready to write."""
+        header = dict(self._header)
+        header["commit"] = {"n": n, "last_step": last_step, "state_slot": slot}
+        raw = None
+        if self._snapshot:
+            raw = fmt.root_document({**self._root_attrs, fmt.ATTR_KEY: header},
+                                    self._nodes(n, slot))
+        return header, raw
+
+    def _commit(self, header: dict, raw: bytes | None) -> None:
+        """Write the commit record (and, format >= 2, the snapshot) in one atomic put."""
+        if raw is not None:
+            fmt.put_root(self._root.store, raw)
+        else:
+            self._root.attrs[fmt.ATTR_KEY] = header
+        self._header = header
+
+    def _nodes(self, n: int, slot: str | None) -> dict[str, dict]:
+        """Metadata documents of the committed archive: what plain readers are shown."""
+        # nodes others may write (analysis results) are read afresh; ours come from memory
+        nodes = fmt.read_tree(self._root.store, skip=(fmt.PARAMS, fmt.METRICS, fmt.STATE))
+        nodes.update(self._group_docs)
+        for key, h in self._handles.items():
+            doc = self._docs.get(key)
+            if doc is None:
+                doc = self._docs[key] = fmt.array_doc(h)
+            nodes[key] = {**doc, "shape": [n, *doc["shape"][1:]]}
+        if slot is not None and self._slot_doc is not None:
+            nodes[f"{fmt.STATE}/{slot}"] = self._slot_doc
+        return nodes
 
     def _write_state(self, slot: str, snap) -> None:
         """Write resume state as one byte array plus a JSON index (two writes, not dozens)."""
@@ -637,3 +800,4 @@ class Recorder:
             **fmt.plain_codecs(1),
         )
         z[...] = blob
+        self._slot_doc = fmt.array_doc(z)

@@ -80,15 +80,20 @@ def test_unbounded_layers_bin_over_the_trajectory_range(relu_run):
 
 def test_labelled_output(tanh_run):
     ds = analyze(tanh_run, store=False, scheduler="synchronous", kde_samples=200,
-                 renyi_samples=64, lc_points=16, lmn_samples=12, radii=(0.1,))
-    assert set(ds.estimator.values) == {"binning", "adaptive", "kde_upper", "kde_lower", "renyi"}
+                 renyi_samples=64, lc_points=16, lmn_samples=12, radii=(0.1,),
+                 lc_activations="any")  # tanh: zero-set counts, not linear regions
+    assert set(ds.estimator.values) == {"binning", "kde_upper", "kde_lower", "renyi_norm",
+                                        "pca_binning"}
+    assert set(ds.rel_estimator.values) == {"kde_rel_upper", "kde_rel_lower"}
+    assert list(ds.resolution.values) == [0.1, 0.3, 1.0, 3.0]
     assert list(ds.layer.values) == ["hidden0", "hidden1"]
     assert ds.mi_xt.dims == ("step", "estimator", "layer")
+    assert ds.mi_xt_rel.dims == ("step", "rel_estimator", "resolution", "layer")
     assert ds.lc.dims == ("step", "split", "radius", "layer")
     for name, var in ds.data_vars.items():
         assert var.attrs.get("long_name") and var.attrs.get("units"), name
     assert ds.mi_xt.attrs["kde_sigma2"] == 0.1 and ds.mi_xt.attrs["binning_n_bins"] == 30
-    assert ds.mi_xt.attrs["renyi_alpha"] == 1.01
+    assert ds.mi_xt.attrs["renyi_norm_alpha"] == 1.01
     assert ds.lc.attrs["n_directions"] == 12  # min(25, input width 12)
     assert np.isfinite(ds.mi_xt.values).all() and np.isfinite(ds.lmn.values).all()
     # basic truths: I(T;Y) <= I(X;T) <= log2 N; KDE lower <= upper
@@ -252,7 +257,7 @@ def test_diverged_checkpoint_is_nan_with_warning(tmp_path, relu_run):
     ({"alpha": 1}, "alpha must be != 1"),
     ({"lmn_samples": 10**6}, r"lmn_samples must be <= the number of training examples \(\d+\), got 1000000"),
     ({"probe_size": 10**6}, r"probe_size must be <= the number of probe examples \(4096\), got 1000000"),
-    ({"n_directions": 13}, "n_directions must be <= the input .* width 12, got 13"),
+    ({"n_directions": 13, "lc_activations": "any"}, "n_directions must be <= the input .* width 12, got 13"),
     ({"scheduler": "gpu"}, "scheduler must be 'threads', 'processes', 'synchronous' or the address"),
     ({"block_size": 0}, "block_size must be an integer >= 1, got 0"),
 ])
@@ -288,7 +293,7 @@ def test_each_fixed_subset_has_its_own_generator(tanh_run):
     # the LMN and LC subsets must not shift when the MI probe subset changes size: their cache
     # keys do not include the probe, so a shift would silently reuse results of other subsets
     kw = dict(metrics=("lmn", "lc"), lmn_samples=10, lc_points=8, radii=(0.1,), store=False,
-              lc_splits=("train", "test"),
+              lc_splits=("train", "test"), lc_activations="any",
               scheduler="synchronous")
     a = analyze(tanh_run, probe_size=100, **kw)
     b = analyze(tanh_run, probe_size=300, **kw)

@@ -68,7 +68,7 @@ def cluster(tmp_path):
 
 def test_cluster_result_equals_eager(cluster, tanh_run):
     kw = dict(metrics=("mi", "weights", "lc"), estimators=("binning", "kde"), kde_samples=200,
-              lc_points=8, radii=(0.1,), store=False, block_size=4)
+              lc_points=8, radii=(0.1,), store=False, block_size=4, lc_activations="any")
     eager = analyze(tanh_run, scheduler="synchronous", **kw)
     remote = analyze(tanh_run, scheduler=cluster, **kw)
     xr.testing.assert_allclose(eager, remote, rtol=1e-10)

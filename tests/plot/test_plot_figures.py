@@ -170,8 +170,8 @@ def test_information_plane(run, tmp_path):
 
 def test_information_plane_bad_input(run):
     ds, _ = run
-    with pytest.raises(ValidationError, match=r"needs variables 'mi_xt' and 'mi_ty' in ds; "
-                                               r"missing 'mi_ty'"):
+    with pytest.raises(ValidationError, match=r"needs variables 'mi_xt' and 'mi_ty' \(or "
+                                               r"'mi_xt_rel' and 'mi_ty_rel'\) in ds"):
         plot_information_plane(ds.drop_vars("mi_ty"))
     with pytest.raises(ValidationError, match=r"estimator must be one of 'binning', "
                                                r"'kde_upper'; got 'renyi'"):

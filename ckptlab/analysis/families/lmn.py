@@ -1,0 +1,60 @@
+"""Linear mapping number (Liu, Zhong and Tegmark 2023) between the representation at the cut
+(``lmn_from``: the embedding for token inputs, the first hidden layer otherwise) and the logits,
+on a fixed subset of training inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...metrics import lmn as lmn_k
+from ..options import SUBSET_CAPS
+from .base import Family, NotApplicable, Output
+
+__all__ = ["LinearMappingNumber"]
+
+
+class LinearMappingNumber(Family):
+    """``lmn``: 2 ** (entropy of the normalised spectrum of the pairwise linearity matrix)."""
+
+    name = "lmn"
+    metric = "lmn"
+    needs = frozenset({"model", "data"})
+    outputs = {"lmn": Output((), "linear mapping number", "1")}
+
+    def __init__(self, setup):
+        lm = setup.layer_map
+        cut = lm.lmn_from if lm.lmn_from is not None else lm.embedding
+        if cut is None and lm.input_kind == "tokens":
+            raise NotApplicable(lm.problems.get("lmn_from", "no representation to cut at"))
+        if cut is None and "lmn_from" in lm.problems:
+            raise NotApplicable(lm.problems["lmn_from"])
+        x_train = setup.data["x_train"]
+        n = setup.size("lmn_samples", SUBSET_CAPS["lmn_samples"], len(x_train),
+                       "training examples")
+        self.x = x_train[setup.pick("lmn", len(x_train), n)]
+        self.constant_rule = setup.opts.constant_rule
+        for model in (m for m in (setup.model, setup.last_model) if m is not None):
+            to_h, head = model.lmn_split()
+            if not model.cut_is_complete(to_h, head, x_train[:8]):
+                where = "the input" if cut is None else repr(cut.label)
+                raise NotApplicable(
+                    f"the logits depend on the input other than through {where} (a residual "
+                    "connection or another path bypasses it), so f: h -> logits is not a "
+                    "function of h there; pass lmn_from= naming a module every path goes "
+                    "through")
+        self.coords = {}
+        self.params = {"n": int(n), "constant_rule": self.constant_rule,
+                       "seed": setup.opts.seed, "n_interp": 21,
+                       "lmn_from": None if cut is None else cut.to_json()}
+
+    def compute(self, block):
+        vals = np.full(block.m, np.nan)
+        for i in block.each():
+            if not block.finite[i]:
+                continue
+            to_h, head = block.model.lmn_split()
+            with torch.no_grad():
+                vals[i] = float(lmn_k.linear_mapping_number(
+                    to_h(self.x), head, constant_rule=self.constant_rule))
+        return {"lmn": vals}

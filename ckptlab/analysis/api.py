@@ -27,6 +27,7 @@ from ..store import Run
 from ..store import format as fmt
 from .cache import FamilyCache
 from .capture import (
+    BatchedModel,
     CapturedModel,
     ModelSource,
     check_state_fits,
@@ -141,6 +142,7 @@ def analyze(
     constant_rule: str = "one",
     seed: int = 0,
     block_size: int = 16,
+    batched: bool | None = None,
     scheduler: str = "threads",
     n_workers: int | None = None,
     device: str = "cpu",
@@ -244,6 +246,13 @@ def analyze(
         Seeds every fixed random choice (subsets, directions, random points).
     block_size : int, default 16
         Checkpoints per Dask task; memory is bounded by one block per worker.
+    batched : bool, optional
+        Evaluate a block's checkpoints together (``torch.func.functional_call`` under
+        ``vmap``: m checkpoints x N inputs as a few large batched matmuls) or one at a time.
+        Default: batched when the model allows it (checked on the first and last checkpoint
+        against the one-at-a-time result); a model that cannot be vmapped (data-dependent
+        control flow) falls back with one warning. Both give the same numbers up to float
+        rounding.
     scheduler : str, default "threads"
         ``"threads"``, ``"processes"``, ``"synchronous"``, or a Dask scheduler address.
     n_workers : int, optional
@@ -299,6 +308,8 @@ def analyze(
             raise ValidationError(f"{k} must be a module name, got {taps[k]!r}")
     explicit["preacts"] = taps["preacts"]
     check_int("block_size", block_size, min=1)
+    if batched is not None and not isinstance(batched, bool):
+        raise ValidationError(f"batched must be None or a bool, got {batched!r}")
     check_choice("device", device, ("cpu", "cuda"))
     if device == "cuda":
         import torch
@@ -311,7 +322,8 @@ def analyze(
     kind, client = _resolve_scheduler(scheduler, n_workers)
     try:
         return _analyze(path, opts, extra, explicit, taps, model, metrics is not None,
-                        block_size, kind, client, n_workers, device, store, compute, progress)
+                        block_size, batched, kind, client, n_workers, device, store, compute,
+                        progress)
     finally:
         if client is not None:
             client.close()
@@ -369,8 +381,8 @@ def _probe(opts, explicit, data) -> dict:
             "params": {"probe": opts.probe, "n": int(k), "seed": opts.seed}}
 
 
-def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, block_size, kind,
-             client, n_workers, device, store, compute, progress):
+def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, block_size,
+             batched, kind, client, n_workers, device, store, compute, progress):
     path = str(path)
     if kind == "processes" and fmt.is_url(path) and path.startswith("memory://"):
         raise ValidationError(
@@ -436,11 +448,13 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
     if "mi-binning" in families:
         internal["range"] = INTERNAL["range"](setup)
 
+    if batched is None:
+        batched = source is not None and _can_batch(first, last, data["x_train"][:8])
     # One torch thread per task: parallelism comes from the Dask workers, and intra-op threads
     # on top of them oversubscribe the cores (several times slower on a shared machine).
     plan = Plan(path=path, families={**families, **internal}, source=source,
                 layer_map=layer_map, x_ref=x_ref, x_probe=probe["x"], y_probe=probe["y"],
-                position=opts.position, threads=1, device=device)
+                position=opts.position, threads=1, device=device, batched=bool(batched))
     runner = _Runner(run, plan, block_size, kind, client, n_workers, store, progress)
     for fam in families.values():
         fam.prepare(runner)
@@ -458,6 +472,56 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
         if not run.model_spec:
             ds.attrs["model"] = source.description
     return ds
+
+
+def _can_batch(first: CapturedModel, last: CapturedModel | None, x) -> bool:
+    """Whether the model evaluates under ``vmap`` with the results of one-at-a-time calls.
+
+    Tried on the first and last checkpoint (a few inputs, every tap the families use); a
+    model with data-dependent control flow, in-place updates of its inputs or ``.item()``
+    calls fails under vmap and is evaluated one checkpoint at a time instead (one warning).
+    """
+    import torch
+
+    models = [m for m in (first, last) if m is not None]
+    states = [{k: v for k, v in m.module.state_dict().items()} for m in models]
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    lm = first.map
+    try:
+        with torch.no_grad():
+            bm = BatchedModel(first, stacked)
+            got = []
+            if lm.layers:
+                got.append(bm.representations(x, lm.layers))
+            if lm.input_kind == "continuous" or lm.embedding is not None:
+                e = bm.embed(x)
+                got.append({"logits": bm.from_embedding(e, lm.preacts)[0]})
+            ok = True
+            for j, m in enumerate(models):
+                want = []
+                if lm.layers:
+                    want.append(m.representations(x, lm.layers))
+                if lm.input_kind == "continuous" or lm.embedding is not None:
+                    want.append({"logits": m.from_embedding(m.embed(x), lm.preacts)[0]})
+                for g, w in zip(got, want):
+                    for k in w:
+                        tol = 1e-4 if w[k].dtype == torch.float32 else 1e-10
+                        scale = max(float(w[k].abs().max()), 1.0)
+                        ok &= bool(torch.allclose(g[k][j], w[k], rtol=0, atol=tol * scale,
+                                                  equal_nan=True))
+        first.load(states[0])  # the one-at-a-time calls above reloaded nothing, but be sure
+    except Exception as exc:  # anything vmap refuses: fall back, same results
+        warnings.warn(
+            f"analysis: the model cannot be evaluated with its checkpoints batched "
+            f"(torch.func.vmap: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "checkpoints are evaluated one at a time (same results, slower)",
+            RuntimeWarning, stacklevel=4)
+        return False
+    if not ok:
+        warnings.warn("analysis: the model gives other results with its checkpoints batched "
+                      "than one at a time; checkpoints are evaluated one at a time",
+                      RuntimeWarning, stacklevel=4)
+    return ok
 
 
 class _Runner:

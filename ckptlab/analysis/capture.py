@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
 from ..errors import ValidationError
 
@@ -33,6 +34,7 @@ __all__ = [
     "Tap",
     "LayerMap",
     "CapturedModel",
+    "BatchedModel",
     "ModelSource",
     "resolve_layer_map",
 ]
@@ -239,7 +241,8 @@ class CapturedModel:
 
     # ---- the one forward pass everything goes through -------------------------------------
     def forward(self, x: Tensor, *, taps: Sequence[Tap] = (), substitute=None,
-                need_logits: bool = True) -> tuple[Tensor | None, dict[str, Tensor]]:
+                need_logits: bool = True, params: Mapping | None = None,
+                ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Run ``x`` through the model, reading ``taps`` and optionally replacing one output.
 
         Parameters
@@ -253,6 +256,9 @@ class CapturedModel:
             shape): the model runs on from there.
         need_logits : bool, default True
             False stops the pass as soon as every tap has been read.
+        params : mapping, optional
+            Parameters and buffers to run with instead of the module's own
+            (``torch.func.functional_call``; :class:`BatchedModel` vmaps over them).
 
         Returns
         -------
@@ -307,7 +313,7 @@ class CapturedModel:
         handles = [self._mods[n].register_forward_hook(hook_for(n)) for n in outs]
         handles += [self._mods[n].register_forward_pre_hook(pre_hook_for(n)) for n in ins]
         try:
-            out = self.module(x)
+            out = self.module(x) if params is None else functional_call(self.module, params, (x,))
         except _Stop:
             out = None
         finally:
@@ -341,12 +347,14 @@ class CapturedModel:
         e = self.map.embedding
         return self.representations(x, [e])[e.label]
 
-    def from_embedding(self, e: Tensor, taps: Sequence[Tap] = ()) -> tuple[Tensor, dict]:
+    def from_embedding(self, e: Tensor, taps: Sequence[Tap] = (), *,
+                       params: Mapping | None = None) -> tuple[Tensor, dict]:
         """Run on from embedded rows ``e`` ``(N, D)``: the logits and the given taps."""
         if self.map.embedding is None:
-            x = e.reshape((len(e),) + tuple(self.map.input_shape)).to(self.dtype)
-            return self.forward(x, taps=taps)
-        return self.forward(self._dummy(len(e)), taps=taps, substitute=(self.map.embedding, e))
+            x = e.reshape((e.shape[0],) + tuple(self.map.input_shape)).to(self.dtype)
+            return self.forward(x, taps=taps, params=params)
+        return self.forward(self._dummy(e.shape[0]), taps=taps,
+                            substitute=(self.map.embedding, e), params=params)
 
     def preact_fn(self, taps: Sequence[Tap]) -> Callable[[Tensor], list[Tensor]]:
         """``fn(e) -> [pre-activations..., logits]`` from the embedding, for local complexity."""
@@ -384,6 +392,83 @@ class CapturedModel:
         scale = float(real.abs().max()) if real.numel() else 1.0
         tol = (1e-4 if self.dtype == torch.float32 else 1e-9) * max(scale, 1.0)
         return bool(torch.allclose(via, real, rtol=0.0, atol=tol))
+
+
+class BatchedModel:
+    """m checkpoints of one model evaluated together: ``functional_call`` under ``vmap``.
+
+    The same views as :class:`CapturedModel` (and the same hooks, run inside the vmapped
+    function), with a leading checkpoint dim: m checkpoints x N inputs become a few large
+    batched matmuls instead of m x layers small calls.
+
+    Parameters
+    ----------
+    model : CapturedModel
+        The model; its parameters give dtype and device (load one checkpoint first).
+    state : mapping of str to Tensor
+        Every state-dict entry stacked over checkpoints, ``(m, ...)``.
+    """
+
+    def __init__(self, model: CapturedModel, state: Mapping[str, Tensor]):
+        self.cm = model
+        self.state = dict(state)
+        self.m = int(next(iter(self.state.values())).shape[0])
+
+    def representations(self, x, taps: Sequence[Tap], *, chunk_rows: int = 65536) -> dict:
+        """``label -> (m, N, d)`` for raw inputs ``x`` shared by every checkpoint."""
+        cm = self.cm
+        x = cm.as_input(x)
+
+        def one(params, xc):
+            return cm.forward(xc, taps=taps, need_logits=False, params=params)[1]
+
+        per = max(1, chunk_rows // self.m)
+        parts: dict[str, list] = {t.label: [] for t in taps}
+        for a in range(0, len(x), per):
+            out = vmap(one, in_dims=(0, None))(self.state, x[a:a + per])
+            for k, v in out.items():
+                parts[k].append(v)
+        return {k: torch.cat(v, dim=1) if len(v) > 1 else v[0] for k, v in parts.items()}
+
+    def embed(self, x) -> Tensor:
+        """``(m, N, D)``: the first continuous representation at every checkpoint."""
+        if self.cm.map.embedding is None:
+            x = self.cm.as_input(x)
+            return x.reshape(len(x), -1).expand(self.m, -1, -1)
+        e = self.cm.map.embedding
+        return self.representations(x, [e])[e.label]
+
+    def from_embedding(self, e: Tensor, taps: Sequence[Tap] = ()) -> tuple[Tensor, dict]:
+        """Logits ``(m, M, C)`` and taps from per-checkpoint embedded rows ``e`` ``(m, M, D)``."""
+        cm = self.cm
+
+        def one(params, ei):
+            return cm.from_embedding(ei, taps, params=params)
+
+        return vmap(one, in_dims=(0, 0))(self.state, e)
+
+    def preact_fn(self, taps: Sequence[Tap]) -> Callable[[Tensor], list[Tensor]]:
+        """``fn(e (m, M, D)) -> [pre-activations (m, M, k)..., logits (m, M, C)]``."""
+        def fn(e: Tensor) -> list[Tensor]:
+            logits, cap = self.from_embedding(e, taps)
+            return [*(cap[t.label] for t in taps), logits]
+
+        return fn
+
+    def lmn_split(self) -> tuple[Callable, Callable]:
+        """``(to_h, head)`` with a leading checkpoint dim on ``h`` and on the logits."""
+        cm = self.cm
+        cut = cm.map.lmn_from
+        if cut is None or cut == cm.map.embedding:
+            return self.embed, lambda h: self.from_embedding(h)[0]
+
+        def to_h(x) -> Tensor:
+            return self.representations(x, [cut])[cut.label]
+
+        def one(params, hi):
+            return cm.forward(cm._dummy(hi.shape[0]), substitute=(cut, hi), params=params)[0]
+
+        return to_h, lambda h: vmap(one, in_dims=(0, 0))(self.state, h)
 
 
 # ------------------------------------------------------------------------------- resolution

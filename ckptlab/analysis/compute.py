@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..store import Run
-from .capture import CapturedModel, LayerMap, ModelSource
+from .capture import BatchedModel, CapturedModel, LayerMap, ModelSource
 
 __all__ = ["Plan", "Block", "compute_block"]
 
@@ -35,6 +35,7 @@ class Plan:
     position: int | None = None
     threads: int = 1
     device: str = "cpu"
+    batched: bool = True  # evaluate a block's checkpoints together (vmap); False: one by one
     extra: dict = field(default_factory=dict)
 
 
@@ -74,6 +75,7 @@ class Block:
         self.y_probe = plan.y_probe
         self._model = None
         self._hidden = None
+        self._batched = None
 
     @property
     def model(self) -> CapturedModel:
@@ -93,10 +95,28 @@ class Block:
             yield i
 
     @property
+    def batched(self) -> BatchedModel | None:
+        """Every checkpoint of the block at once (None when the plan evaluates one by one)."""
+        if not self.plan.batched or self.m == 0:
+            return None
+        if self._batched is None:
+            dev = torch.device(self.plan.device)
+            self.model.load({k: v.to(dev) for k, v in self._states[0].items()})  # dtype, device
+            stacked = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
+                       for k, v in self.params.items()}
+            self._batched = BatchedModel(self.model, stacked)
+        return self._batched
+
+    @property
     def hidden(self) -> dict:
         """``label -> (m, N, d)`` float64 hidden representations of the probe set."""
         if self._hidden is None:
             taps = self.plan.layer_map.layers
+            if self.batched is not None:
+                with torch.no_grad():
+                    rep = self.batched.representations(self.plan.x_probe, taps)
+                self._hidden = {k: v.double().cpu().numpy() for k, v in rep.items()}
+                return self._hidden
             parts = {t.label: [] for t in taps}
             for _ in self.each():
                 with torch.no_grad():

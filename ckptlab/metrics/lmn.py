@@ -51,7 +51,9 @@ def linear_mapping_matrix(
     h : torch.Tensor
         ``(N, d1)`` representations of a sample subset, N >= 2 (the first hidden layer in the
         source). Keep the subset fixed across checkpoints; ``LMN <= N``. The path points are
-        built in ``h``'s dtype and on its device, so that is the dtype ``f`` receives.
+        built in ``h``'s dtype and on its device, so that is the dtype ``f`` receives. A batch
+        ``(B, N, d1)`` evaluates B models at once (checkpoints together): ``f`` then receives
+        ``(B, M, d1)`` and returns ``(B, M, d2)``, and the result is ``(B, N, N)``.
     f : callable
         ``f(x)`` with ``x`` of shape ``(M, d1)`` returns the outputs ``(M, d2)`` (logits in
         the source); a 1-D ``(M,)`` result is taken as ``d2 = 1`` and trailing dimensions are
@@ -96,6 +98,9 @@ def linear_mapping_matrix(
     code exists; this definition is the reference).
     """
     h = _check_h(h)
+    batched = h.ndim == 3
+    if not batched:
+        h = h[None]
     n_interp = check_int("n_interp", n_interp, min=3)
     constant_rule = check_choice("constant_rule", constant_rule, _CONSTANT_RULES)
     chunk_rows = check_int("chunk_rows", chunk_rows, min=1)
@@ -104,47 +109,54 @@ def linear_mapping_matrix(
     if not callable(f):
         raise ValidationError(f"f must be callable, got {f!r}")
 
-    n = h.shape[0]
+    b, n = h.shape[0], h.shape[1]
     lam = torch.linspace(0.0, 1.0, n_interp, dtype=torch.float64)
     lam_h = lam.to(dtype=h.dtype, device=h.device)
     lam_c = lam - lam.mean()
     s_xx = float((lam_c**2).sum())
     ii, jj = torch.triu_indices(n, n, offset=1, device=h.device)
-    per_chunk = max(1, chunk_rows // n_interp)
+    # chunk_rows bounds the rows of one call over the whole batch
+    per_chunk = max(1, chunk_rows // (n_interp * b))
 
     values: list[np.ndarray] = []
     d2: int | None = None
     with torch.no_grad():
         for start in range(0, ii.numel(), per_chunk):
-            hi, hj = h[ii[start : start + per_chunk]], h[jj[start : start + per_chunk]]
-            p = hi.shape[0]
-            path = hi[:, None, :] + lam_h[None, :, None] * (hj - hi)[:, None, :]
-            y = f(path.reshape(p * n_interp, -1))
-            if not isinstance(y, torch.Tensor) or y.ndim < 1 or y.shape[0] != p * n_interp:
+            hi, hj = h[:, ii[start : start + per_chunk]], h[:, jj[start : start + per_chunk]]
+            p = hi.shape[1]
+            path = hi[:, :, None, :] + lam_h[:, None] * (hj - hi)[:, :, None, :]
+            path = path.reshape(b, p * n_interp, -1)
+            y = f(path if batched else path[0])
+            rows = p * n_interp
+            lead = (b, rows) if batched else (rows,)
+            if (not isinstance(y, torch.Tensor) or y.ndim < len(lead)
+                    or tuple(y.shape[:len(lead)]) != lead):
                 shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValidationError(
-                    f"f must return a tensor with {p * n_interp} rows (one per input row), "
-                    f"got {shape}"
+                    f"f must return a tensor with {rows} rows (one per input row"
+                    f"{', per batch item' if batched else ''}), got {shape}"
                 )
+            y = y.reshape(b, rows, -1)
             if d2 is None:
-                d2 = y[0].numel()
+                d2 = y.shape[-1]
                 if d2 < 1:
                     raise ValidationError("f must return at least one output per row, got 0")
-            elif y[0].numel() != d2:
+            elif y.shape[-1] != d2:
                 raise ValidationError(
                     f"f must return the same number of outputs for every batch, got {d2} "
-                    f"and then {y[0].numel()}"
+                    f"and then {y.shape[-1]}"
                 )
             tol = rtol if rtol is not None else _RTOL_EPS * _eps(y.dtype)
-            y = y.reshape(p, n_interp, d2).to(torch.float64)
-            values.append(_pair_values(y, lam_c, s_xx, tol, constant_rule).cpu().numpy())
+            y = y.reshape(b * p, n_interp, d2).to(torch.float64)
+            values.append(_pair_values(y, lam_c, s_xx, tol, constant_rule)
+                          .reshape(b, p).cpu().numpy())
 
-    out = np.eye(n, dtype=np.float64)
-    v = np.concatenate(values)
+    out = np.broadcast_to(np.eye(n, dtype=np.float64), (b, n, n)).copy()
+    v = np.concatenate(values, axis=1)
     iu = (ii.cpu().numpy(), jj.cpu().numpy())
-    out[iu] = v
-    out[iu[::-1]] = v
-    return out
+    out[:, iu[0], iu[1]] = v
+    out[:, iu[1], iu[0]] = v
+    return out if batched else out[0]
 
 
 def _pair_values(
@@ -184,10 +196,10 @@ def _eps(dtype: torch.dtype) -> float:
 
 def _check_h(h) -> torch.Tensor:
     h = as_tensor(h, f"h must be a 2-D tensor (N, d1), got {h!r}")
-    if h.ndim != 2 or h.shape[0] < 2 or h.shape[1] < 1:
+    if h.ndim not in (2, 3) or h.shape[-2] < 2 or h.shape[-1] < 1:
         raise ValidationError(
-            f"h must be a 2-D tensor (N, d1) with N >= 2 samples and d1 >= 1, "
-            f"got shape {tuple(h.shape)}"
+            f"h must be a 2-D tensor (N, d1) with N >= 2 samples and d1 >= 1 (or a batch "
+            f"(B, N, d1)), got shape {tuple(h.shape)}"
         )
     if not h.is_floating_point():
         h = h.to(torch.get_default_dtype())
@@ -206,12 +218,12 @@ def lmn_from_matrix(L: np.ndarray) -> float:
     Parameters
     ----------
     L : array_like
-        ``(N, N)`` symmetric matrix, N >= 1.
+        ``(N, N)`` symmetric matrix, N >= 1, or a batch ``(B, N, N)``.
 
     Returns
     -------
-    float
-        The LMN; NaN if ``L`` holds a NaN or an infinity.
+    float or numpy.ndarray
+        The LMN (an array of B for a batch); NaN if ``L`` holds a NaN or an infinity.
 
     Raises
     ------
@@ -226,6 +238,8 @@ def lmn_from_matrix(L: np.ndarray) -> float:
         L = np.asarray(L, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"L must be a real square 2-D array, got {L!r}") from exc
+    if L.ndim == 3 and L.shape[1] == L.shape[2] and L.shape[1] >= 1:
+        return np.array([lmn_from_matrix(m) for m in L])
     if L.ndim != 2 or L.shape[0] != L.shape[1] or L.shape[0] < 1:
         raise ValidationError(
             f"L must be a square 2-D array (N, N) with N >= 1, got shape {L.shape}"
@@ -259,8 +273,9 @@ def linear_mapping_number(
 
     Returns
     -------
-    float
-        The LMN, in ``[1, N]``; NaN when ``f`` produces a NaN or infinity on some path.
+    float or numpy.ndarray
+        The LMN, in ``[1, N]``; NaN when ``f`` produces a NaN or infinity on some path. For a
+        batch ``h`` of shape ``(B, N, d1)``, an array of B values.
 
     Raises
     ------

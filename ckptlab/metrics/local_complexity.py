@@ -140,8 +140,10 @@ def local_complexity(
     ----------
     points : torch.Tensor
         ``(N, D)`` points in the continuous input space (for token inputs: the embedding space,
-        the first continuous representation). The vertices are built in this tensor's dtype
-        and on its device.
+        the first continuous representation), or ``(B, N, D)``: a batch of B point sets for
+        B models at once (checkpoints evaluated together); ``preact_fn`` then receives
+        ``(B, M, D)`` and returns tensors of ``(B, M, ...)``. The vertices are built in this
+        tensor's dtype and on its device.
     preact_fn : callable
         ``preact_fn(v)`` with ``v`` a ``(M, D)`` tensor returns a list or tuple of tensors, one
         per layer, each with ``M`` rows: the pre-activations of every hidden layer, in order,
@@ -158,8 +160,8 @@ def local_complexity(
         Bounds of the data domain; vertices are clipped into them (the source did not clip,
         so its vertices could leave the domain). ``None`` leaves that side unclipped.
     chunk_rows : int, default 65536
-        Upper bound on the number of vertex rows forwarded at once: ``ceil(chunk_rows / 2P)``
-        points per chunk (at least one), which bounds memory.
+        Upper bound on the number of vertex rows forwarded at once, over the whole batch:
+        ``ceil(chunk_rows / (2P B))`` points per chunk (at least one), which bounds memory.
     include_output : bool, default False
         Whether the last entry of ``preact_fn``'s result (the logits) is counted as a layer.
         The source counted it; ckptlab does not by default, because the output has no
@@ -168,7 +170,8 @@ def local_complexity(
     Returns
     -------
     torch.Tensor
-        ``(N, L)`` counts, with ``L`` the number of entries ``preact_fn`` returns, less one
+        ``(N, L)`` counts (``(B, N, L)`` for a batch), with ``L`` the number of entries
+        ``preact_fn`` returns, less one
         unless ``include_output``. The total over layers is ``counts.sum(1)``. The dtype is
         int64 when every pre-activation is finite. If any pre-activation is NaN or infinite
         (a diverged checkpoint, or a non-finite point), the result is float64 instead, with
@@ -203,14 +206,18 @@ def local_complexity(
     Humayun, Balestriero and Baraniuk (2024), arXiv:2402.15555.
     """
     points = as_tensor(points, f"points must be a 2-D tensor (N, D), got {points!r}")
-    if points.ndim != 2 or points.shape[0] < 1 or points.shape[1] < 1:
+    if points.ndim < 2 or points.shape[-2] < 1 or points.shape[-1] < 1:
         raise ValidationError(
-            f"points must be a 2-D tensor (N, D) with N >= 1 and D >= 1, "
-            f"got shape {tuple(points.shape)}"
+            f"points must be a 2-D tensor (N, D) with N >= 1 and D >= 1 (or a batch "
+            f"(..., N, D)), got shape {tuple(points.shape)}"
         )
     if not points.is_floating_point():
         points = points.to(torch.get_default_dtype())
-    n_points, dim = points.shape
+    batch_shape = tuple(points.shape[:-2])
+    batched = bool(batch_shape)
+    n_points, dim = points.shape[-2:]
+    points = points.reshape((-1, n_points, dim))  # (B, N, D); B = 1 unbatched
+    n_batch = points.shape[0]
     directions = as_tensor(
         directions, f"directions must be a 2-D tensor (P, D), got {directions!r}"
     )
@@ -236,19 +243,23 @@ def local_complexity(
     # Both signs at once: rows 0..P-1 are +v_p, rows P..2P-1 are -v_p.
     offsets = radius * torch.cat([dirs, -dirs], dim=0)  # (2P, D)
     n_vert = offsets.shape[0]
-    per_chunk = max(1, math.ceil(chunk_rows / n_vert))
+    # chunk_rows bounds the rows of one call over the whole batch
+    per_chunk = max(1, math.ceil(chunk_rows / (n_vert * n_batch)))
 
     chunks: list[torch.Tensor] = []
     bad_chunks: list[torch.Tensor] = []
     n_layers: int | None = None
+    dev = points.device
     with torch.no_grad():
         for start in range(0, n_points, per_chunk):
-            x = points[start : start + per_chunk]
-            n = x.shape[0]
-            verts = (x[:, None, :] + offsets[None]).reshape(n * n_vert, dim)
+            x = points[:, start : start + per_chunk]
+            n = x.shape[1]
+            verts = (x[:, :, None, :] + offsets).reshape(n_batch, n * n_vert, dim)
             if lo is not None or hi is not None:
                 verts = torch.clamp(verts, min=lo, max=hi)
-            layers = _check_layers(preact_fn(verts), n * n_vert, include_output)
+            out = preact_fn(verts if batched else verts[0])
+            layers = _check_layers(out, n * n_vert, include_output,
+                                   n_batch if batched else None)
             if n_layers is None:
                 n_layers = len(layers)
             elif len(layers) != n_layers:
@@ -256,33 +267,36 @@ def local_complexity(
                     f"preact_fn must return the same number of layers for every batch, got "
                     f"{n_layers} and then {len(layers)}"
                 )
-            counts = torch.empty(n, n_layers, dtype=torch.int64, device=points.device)
-            bad = torch.zeros(n, n_layers, dtype=torch.bool, device=points.device)
+            counts = torch.empty(n_batch, n, n_layers, dtype=torch.int64, device=dev)
+            bad = torch.zeros(n_batch, n, n_layers, dtype=torch.bool, device=dev)
             for k, z in enumerate(layers):
-                z = z.reshape(n, n_vert, -1)
-                straddles = (z.amax(dim=1) > 0) & (z.amin(dim=1) < 0)
-                counts[:, k] = straddles.sum(dim=1).to(device=points.device)
-                bad[:, k] = (~torch.isfinite(z)).flatten(1).any(dim=1).to(device=points.device)
+                z = z.reshape(n_batch, n, n_vert, -1)
+                straddles = (z.amax(dim=2) > 0) & (z.amin(dim=2) < 0)
+                counts[:, :, k] = straddles.sum(dim=2).to(device=dev)
+                bad[:, :, k] = (~torch.isfinite(z)).flatten(2).any(dim=2).to(device=dev)
             chunks.append(counts)
             bad_chunks.append(bad)
-    counts = torch.cat(chunks, dim=0)
-    bad = torch.cat(bad_chunks, dim=0)
+    counts = torch.cat(chunks, dim=1)
+    bad = torch.cat(bad_chunks, dim=1)
     if bool(bad.any()):
         # A non-finite pre-activation makes the count meaningless (NaN compares False and
         # would silently lower it): report NaN rather than a wrong number.
         counts = counts.to(torch.float64)
         counts[bad] = float("nan")
-    return counts
+    return counts.reshape(batch_shape + counts.shape[1:]) if batched else counts[0]
 
 
-def _check_layers(out, n_rows: int, include_output: bool) -> list[torch.Tensor]:
+def _check_layers(out, n_rows: int, include_output: bool,
+                  n_batch: int | None = None) -> list[torch.Tensor]:
     """Validate ``preact_fn``'s result and drop the output entry unless it is counted."""
     if not isinstance(out, (list, tuple)) or len(out) == 0:
         raise ValidationError(
             f"preact_fn must return a non-empty list or tuple of tensors, got {type(out).__name__}"
         )
+    lead = () if n_batch is None else (n_batch,)
     for k, z in enumerate(out):
-        if not isinstance(z, torch.Tensor) or z.ndim < 1 or z.shape[0] != n_rows:
+        if (not isinstance(z, torch.Tensor) or z.ndim < 1 + len(lead)
+                or tuple(z.shape[:len(lead) + 1]) != lead + (n_rows,)):
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValidationError(
                 f"preact_fn must return tensors with {n_rows} rows (one per vertex); "

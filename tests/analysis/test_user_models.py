@@ -220,12 +220,14 @@ def test_mi_and_rank_equal_kernels_on_own_activations(request, fixture):
             idx = np.sort(np.random.default_rng(
                 [0, __import__("zlib").crc32(b"kde")]).permutation(len(y))[:40])
             up = mi_k.mi_kde_bounds(t[idx], y[idx], sigma2=0.1)[0]
+            # float32 activations: checkpoints evaluated together (batched matmuls) round
+            # differently in the last bit from the test's one-at-a-time forward pass
             np.testing.assert_allclose(
                 ds.mi_xt.sel(estimator="kde_upper", layer=layer).isel(step=i).item(), up,
-                rtol=1e-9)
+                rtol=1e-6)
             np.testing.assert_allclose(
                 ds.rep_effective_rank.sel(layer=layer).isel(step=i).item(),
-                representation_effective_rank(t), rtol=1e-9)
+                representation_effective_rank(t), rtol=1e-6)
 
 
 def test_cnn_local_complexity_in_image_space(cnn_run):

@@ -223,3 +223,25 @@ def test_bad_input(kwargs, match):
 def test_lmn_from_matrix_bad_input(L, match):
     with pytest.raises(ValidationError, match=match):
         lmn_from_matrix(L)
+
+
+def test_batched_equals_the_loop_over_models():
+    torch.manual_seed(0)
+    ws = [torch.randn(5, 3, dtype=torch.float64) for _ in range(4)]
+    h = torch.randn(4, 9, 5, dtype=torch.float64)
+
+    def f_one(w):
+        return lambda x: torch.tanh(x @ w) ** 2
+
+    def f_batched(x):  # (B, M, 5) -> (B, M, 3)
+        return torch.tanh(torch.einsum("bmd,bdk->bmk", x, torch.stack(ws))) ** 2
+
+    L = linear_mapping_matrix(h, f_batched, chunk_rows=50)
+    assert L.shape == (4, 9, 9)
+    for b in range(4):
+        np.testing.assert_allclose(L[b], linear_mapping_matrix(h[b], f_one(ws[b])), rtol=1e-12)
+    np.testing.assert_allclose(
+        linear_mapping_number(h, f_batched),
+        [linear_mapping_number(h[b], f_one(ws[b])) for b in range(4)], rtol=1e-12)
+    with pytest.raises(ValidationError, match="per batch item"):
+        linear_mapping_matrix(h, lambda x: x[0])

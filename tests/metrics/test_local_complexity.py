@@ -298,3 +298,22 @@ def bad_call(**overrides):
 def test_bad_input(overrides, match):
     with pytest.raises(ValidationError, match=match):
         bad_call(**overrides)
+
+
+def test_batched_points_equal_the_loop_over_models():
+    torch.manual_seed(1)
+    ws = torch.randn(3, 4, 6, dtype=torch.float64)
+    bs = torch.randn(3, 6, dtype=torch.float64) * 0.1
+    pts = torch.randn(3, 20, 4, dtype=torch.float64)
+    dirs = cross_polytope_directions(4, n_directions=3, seed=0, dtype=torch.float64)
+
+    def fn_batched(v):  # (B, M, 4) -> [(B, M, 6), logits]
+        z = torch.einsum("bmd,bdk->bmk", v, ws) + bs[:, None]
+        return [z, z.sum(-1, keepdim=True)]
+
+    got = local_complexity(pts, fn_batched, directions=dirs, radius=0.5, chunk_rows=37)
+    assert got.shape == (3, 20, 1)
+    for b in range(3):
+        want = local_complexity(pts[b], lambda v, b=b: [v @ ws[b] + bs[b], v[:, :1]],
+                                directions=dirs, radius=0.5)
+        assert torch.equal(got[b], want)

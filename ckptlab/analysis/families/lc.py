@@ -120,6 +120,10 @@ class LocalComplexity(Family):
         out = {"lc": np.full(shape + (n_layers,), np.nan),
                "lc_std": np.full(shape + (n_layers,), np.nan),
                "lc_total": np.full(shape, np.nan), "lc_total_std": np.full(shape, np.nan)}
+        if block.batched is not None:
+            with torch.no_grad():
+                self._all(block.batched, out)
+            return self.nan_rows(out, block.finite)
         model = block.model
         for i in block.each():
             if not block.finite[i]:
@@ -127,6 +131,33 @@ class LocalComplexity(Family):
             with torch.no_grad():
                 self._one(model, out, i)
         return out
+
+    def _all(self, bm, out) -> None:
+        """Every checkpoint of the block in one batched kernel call per split and radius."""
+        cm = bm.cm
+        dtype, dev = cm.dtype, cm.device
+        directions = torch.from_numpy(self.directions).to(dev, dtype)
+        lower = upper = None
+        if self.bounds is not None:
+            lower, upper = self.bounds
+        fn = bm.preact_fn(self.taps)
+        for si, split in enumerate(self.splits):
+            if split == "random":
+                e = bm.embed(self.x_box)  # (m, N, D): each checkpoint's own bounding box
+                lo, hi = e.amin(1, keepdim=True), e.amax(1, keepdim=True)
+                u = torch.from_numpy(self.points["random"]).to(dev, dtype)
+                points = lo + u * (hi - lo)
+            else:
+                points = bm.embed(self.points[split])
+            for ri, r in enumerate(self.radii):
+                counts = lc_k.local_complexity(
+                    points, fn, directions=directions, radius=r, lower=lower, upper=upper,
+                    include_output=self.include_output).double()  # (m, N, L)
+                total = counts.sum(2)
+                out["lc"][:, si, ri] = counts.mean(1).cpu().numpy()
+                out["lc_std"][:, si, ri] = counts.std(1).cpu().numpy()
+                out["lc_total"][:, si, ri] = total.mean(1).cpu().numpy()
+                out["lc_total_std"][:, si, ri] = total.std(1).cpu().numpy()
 
     def _one(self, model, out, i) -> None:
         dtype, dev = model.dtype, model.device

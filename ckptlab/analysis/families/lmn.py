@@ -50,6 +50,13 @@ class LinearMappingNumber(Family):
 
     def compute(self, block):
         vals = np.full(block.m, np.nan)
+        if block.batched is not None:
+            to_h, head = block.batched.lmn_split()
+            with torch.no_grad():
+                vals = np.asarray(lmn_k.linear_mapping_number(
+                    to_h(self.x), head, constant_rule=self.constant_rule), dtype=np.float64)
+            vals[~block.finite] = np.nan
+            return {"lmn": vals}
         for i in block.each():
             if not block.finite[i]:
                 continue

@@ -246,7 +246,8 @@ def _model_factory(ctx, param, value):
 @click.option("--radii", callback=_csv(float), help="Local-complexity radii (default 0.005,0.05,0.5).")
 @click.option("--probe-size", type=int, help="Probe examples for MI (default all, at most 4096).")
 @click.option("--lmn-samples", type=int, help="Training examples for the LMN (default up to 100).")
-@click.option("--block-size", type=int, default=16, show_default=True, help="Checkpoints per Dask task.")
+@click.option("--block-size", type=int, default=None,
+              help="Checkpoints per Dask task (default: from the model's size and the memory).")
 @click.option("--scheduler", default="threads", show_default=True,
               help="threads, processes, synchronous, or a Dask scheduler address.")
 @click.option("--workers", "n_workers", type=int, help="Workers of a local scheduler.")

@@ -38,7 +38,10 @@ from .compute import Plan, compute_block
 from .families import DATASET_HOOKS, FAMILIES, INTERNAL, NotApplicable, Setup
 from .options import METRICS, SUBSET_CAPS, AnalysisOptions, family_key
 
-__all__ = ["analyze", "load_analysis", "VAR_META", "DEFAULT_ESTIMATORS"]
+__all__ = ["analyze", "load_analysis", "VAR_META", "DEFAULT_ESTIMATORS", "BLOCK_BYTES"]
+
+#: Memory a block's checkpoints may take (parameters, hidden representations) by default.
+BLOCK_BYTES = 256 << 20
 
 #: MI estimators computed unless told otherwise (see ``analyze``'s ``estimators``).
 DEFAULT_ESTIMATORS = ("binning", "kde", "kde_rel", "renyi_norm", "pca_binning")
@@ -141,7 +144,7 @@ def analyze(
     lmn_samples: int | None = None,
     constant_rule: str = "one",
     seed: int = 0,
-    block_size: int = 16,
+    block_size: int | None = None,
     batched: bool | None = None,
     scheduler: str = "threads",
     n_workers: int | None = None,
@@ -244,8 +247,11 @@ def analyze(
         r^2 of an output constant along an interpolation path (see ckptlab.metrics.lmn).
     seed : int, default 0
         Seeds every fixed random choice (subsets, directions, random points).
-    block_size : int, default 16
-        Checkpoints per Dask task; memory is bounded by one block per worker.
+    block_size : int, optional
+        Checkpoints per Dask task; memory is bounded by one block per worker. Default: from
+        the model's size and the probe set (a block's parameters and hidden representations
+        within :data:`BLOCK_BYTES`), at most 128, and small enough that every worker gets
+        at least 4 blocks. An archive analysed before keeps its cached block size.
     batched : bool, optional
         Evaluate a block's checkpoints together (``torch.func.functional_call`` under
         ``vmap``: m checkpoints x N inputs as a few large batched matmuls) or one at a time.
@@ -307,7 +313,8 @@ def analyze(
         if taps[k] is not None and not isinstance(taps[k], (str, dict)):
             raise ValidationError(f"{k} must be a module name, got {taps[k]!r}")
     explicit["preacts"] = taps["preacts"]
-    check_int("block_size", block_size, min=1)
+    if block_size is not None:
+        check_int("block_size", block_size, min=1)
     if batched is not None and not isinstance(batched, bool):
         raise ValidationError(f"batched must be None or a bool, got {batched!r}")
     check_choice("device", device, ("cpu", "cuda"))
@@ -455,6 +462,8 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
     plan = Plan(path=path, families={**families, **internal}, source=source,
                 layer_map=layer_map, x_ref=x_ref, x_probe=probe["x"], y_probe=probe["y"],
                 position=opts.position, threads=1, device=device, batched=bool(batched))
+    if block_size is None:
+        block_size = _auto_block_size(run.n, sd0, first, probe["x"], kind, n_workers)
     runner = _Runner(run, plan, block_size, kind, client, n_workers, store, progress)
     for fam in families.values():
         fam.prepare(runner)
@@ -472,6 +481,22 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
         if not run.model_spec:
             ds.attrs["model"] = source.description
     return ds
+
+
+def _auto_block_size(n: int, sd0: dict, model, x_probe, kind: str, n_workers) -> int:
+    """Checkpoints per block: within BLOCK_BYTES, <= 128, >= 4 blocks per worker."""
+    per = sum(v.numel() * v.element_size() for v in sd0.values())
+    if model is not None and x_probe is not None and model.map.layers:
+        import torch
+
+        with torch.no_grad():
+            reps = model.representations(x_probe[:2], model.map.layers)
+        # float32/64 as computed plus the float64 copy the kernels use
+        per += len(x_probe) * sum(int(v.shape[1]) for v in reps.values()) * 16
+    workers = 1 if kind == "synchronous" else (n_workers or os.cpu_count() or 1)
+    by_memory = max(1, BLOCK_BYTES // max(per, 1))
+    by_tasks = max(1, -(-n // (4 * workers)))
+    return int(max(1, min(128, by_memory, max(4, by_tasks))))
 
 
 def _can_batch(first: CapturedModel, last: CapturedModel | None, x) -> bool:
@@ -684,6 +709,8 @@ def load_analysis(path) -> xr.Dataset:
         g = root[fmt.ANALYSIS]
         newest: dict = {}
         for key in g.group_keys():
+            if key.startswith("."):
+                continue  # a group still being built (or left by a killed analysis)
             a = g[key].attrs
             fam = a.get("family")
             if fam in FAMILIES and "done" in g[key]:

@@ -1,0 +1,337 @@
+"""Analysis speed on realistic models: batched checkpoints against the per-checkpoint loop.
+
+Models: Omnigrok's MLP shapes (digits 64-200-200-10; 784-200-200-10 on synthetic 784-dim
+inputs, as MNIST is not on this machine), the two-phase paper's transformer (2 layers, 4 heads,
+d_model 128, MLP 512) on division mod 97, and a user's CNN read through forward hooks. Each run
+has a few hundred checkpoints (perturbed initial parameters: speed does not depend on training).
+Baseline: what a user writes without ckptlab: ``torch.load`` of one file per checkpoint, then
+the plain per-checkpoint code of the original repositories (one forward per point's vertices for
+local complexity, one per pair for the LMN, numpy binning and KDE). Both sides compute the same
+measures with the same subset sizes, in one run, on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .bench_analysis import _baseline_binning, _baseline_kde
+from .common import Row, Target, format_table, make_parser, report, write_json
+
+COMMON = dict(metrics=("mi", "lc", "lmn", "weights"), estimators=("binning", "kde"),
+              probe_size=1024, kde_samples=512, lc_points=64, lc_splits=("train", "test"),
+              radii=(0.05,), lmn_samples=40, lc_activations="any", n_directions=25)
+
+
+# ----------------------------------------------------------------------------- the models
+class UserCNN(nn.Module):
+    """A user's model: conv -> ReLU -> pool -> flatten -> linear -> ReLU -> linear (digits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 16, 128)
+        self.relu2 = nn.ReLU()
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.head(self.relu2(self.fc(self.pool(self.relu1(self.conv(x))).flatten(1))))
+
+    def plain(self, x):  # what a user writes to get the layers: hidden, pre-activations, logits
+        z1 = self.conv(x)
+        a1 = torch.relu(z1)
+        z2 = self.fc(self.pool(a1).flatten(1))
+        a2 = torch.relu(z2)
+        return [a1.flatten(1), a2], [z1.flatten(1), z2], self.head(a2)
+
+
+def _digits(images: bool):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)
+    x = x[:, None] if images else x.reshape(len(x), -1)
+    y = d.target.astype(np.int64)
+    return {"x_train": x[:1000], "y_train": y[:1000], "x_test": x[1000:], "y_test": y[1000:]}
+
+
+def _synthetic784():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2000, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 2000)
+    return {"x_train": x[:1000], "y_train": y[:1000], "x_test": x[1000:], "y_test": y[1000:]}
+
+
+def _division97():
+    a, b = np.meshgrid(np.arange(97), np.arange(1, 97), indexing="ij")
+    x = np.stack([a.ravel(), b.ravel()], 1).astype(np.int64)
+    y = (x[:, 0] * np.array([pow(int(v), -1, 97) for v in x[:, 1]])) % 97
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm], y[perm]
+    k = int(0.4 * len(x))
+    return {"x_train": x[:k], "y_train": y[:k], "x_test": x[k:], "y_test": y[k:]}
+
+
+MODELS = {
+    "digits-mlp": ("Omnigrok MLP 64-200-200-10 (digits)",
+                   {"name": "mlp", "kwargs": {"widths": [200, 200], "n_classes": 10,
+                                              "in_dim": 64}}, lambda: _digits(False)),
+    "mnist-mlp": ("Omnigrok MLP 784-200-200-10 (synthetic 784-dim inputs)",
+                  {"name": "mlp", "kwargs": {"widths": [200, 200], "n_classes": 10,
+                                             "in_dim": 784}}, _synthetic784),
+    "transformer": ("paper transformer (2 layers, 4 heads, d 128, MLP 512) on x/y mod 97",
+                    {"name": "transformer", "kwargs": {"vocab_size": 97, "n_classes": 97}},
+                    _division97),
+    "user-cnn": ("user CNN through forward hooks (digits 8x8)", None, lambda: _digits(True)),
+}
+
+
+def _module(name):
+    from ckptlab.models import build_model
+
+    spec = MODELS[name][1]
+    return UserCNN() if spec is None else build_model(spec, seed=0)
+
+
+def _make_run(path: Path, name: str, n: int) -> list[Path]:
+    """n checkpoints (perturbed initial parameters) in an archive and as torch.save files."""
+    from ckptlab.store import Recorder
+
+    net = _module(name)
+    data = MODELS[name][2]()
+    sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    files = []
+    pt = path.with_suffix(".pt.d")
+    pt.mkdir()
+    spec = MODELS[name][1]
+    with Recorder(path, model=net if spec is None else None, model_spec=spec, data=data) as rec:
+        for i in range(n):
+            s = {k: (v + 0.01 * torch.randn(v.shape, generator=g)) if v.is_floating_point()
+                 else v for k, v in sd.items()}
+            rec.save(i, s)
+            if i < 16:  # the baseline is timed on the first few
+                f = pt / f"step{i:06d}.pt"
+                torch.save(s, f)
+                files.append(f)
+    return files
+
+
+# ----------------------------------------------------------------------------- baseline
+def _plain_views(name, model):
+    """hidden(x), preacts+logits(v), (to_h, head) as a user's plain code gets them."""
+    if isinstance(model, UserCNN):
+        def hidden(x):
+            return model.plain(x)[0]
+
+        def pre(v):
+            hid, z, logits = model.plain(v.view(-1, 1, 8, 8))
+            return z + [logits]
+
+        to_h = lambda x: model.plain(x)[0][1]  # noqa: E731
+        head = model.head
+        return hidden, pre, (to_h, head), lambda x: x.flatten(1)
+    def hidden(x):
+        return list(model.trunk(model.embed(x)).hidden.values())
+
+    def pre(v):
+        o = model.trunk(v)
+        return [*o.preacts.values(), o.logits]
+
+    return hidden, pre, model.lmn_split(), model.embed
+
+
+def _baseline(files, data, name, model) -> float:
+    """Seconds per checkpoint of the plain loop: load, MI (binning, KDE), LC, LMN, weights."""
+    x = np.concatenate([data["x_train"], data["x_test"]])[:COMMON["probe_size"]]
+    y = np.concatenate([data["y_train"], data["y_test"]])[:COMMON["probe_size"]]
+    xt = torch.from_numpy(x)
+    pts = {s: torch.from_numpy(data[f"x_{s}"][:COMMON["lc_points"]]) for s in ("train", "test")}
+    lmn_x = torch.from_numpy(data["x_train"][:COMMON["lmn_samples"]])
+    hidden, pre, (to_h, head), embed = _plain_views(name, model)
+    t0 = time.perf_counter()
+    for f in files:
+        sd = torch.load(f, weights_only=True)
+        model.load_state_dict(sd)
+        with torch.no_grad():
+            for t in hidden(xt):
+                t = t.double().numpy()
+                _baseline_binning(t, y, float(t.min()), float(t.max()))
+                k = COMMON["kde_samples"]
+                _baseline_kde(t[:k], y[:k], 0.1)
+            for s in ("train", "test"):
+                e = embed(pts[s])
+                d = e.shape[1]
+                dirs = torch.linalg.qr(torch.randn(d, COMMON["n_directions"]))[0].T
+                for p in e:  # one point at a time, as the source does
+                    verts = torch.cat([p + 0.05 * dirs, p - 0.05 * dirs])
+                    for z in pre(verts)[:-1]:
+                        ((z > 0).any(0) & (z < 0).any(0)).sum()
+            h = to_h(lmn_x)
+            lam = torch.linspace(0, 1, 21)
+            n = len(h)
+            L = np.eye(n)
+            for i in range(n):
+                for j in range(i + 1, n):
+                    out = head(h[i] + lam[:, None] * (h[j] - h[i])).double().numpy()
+                    c = [np.corrcoef(lam.numpy(), out[:, k])[0, 1] for k in range(out.shape[1])]
+                    L[i, j] = L[j, i] = np.nanmean(np.square(c))
+            np.linalg.eigvalsh(L)
+            for v in sd.values():
+                if v.ndim >= 2 and v.is_floating_point():
+                    np.linalg.svd(v.reshape(v.shape[0], -1).double().numpy(), compute_uv=False)
+    return (time.perf_counter() - t0) / len(files)
+
+
+# ----------------------------------------------------------------------------- ours
+def _ours(path, name, workers, scheduler=None, **kw) -> float:
+    from ckptlab.analysis import analyze
+
+    sched = scheduler or ("threads" if workers > 1 else "synchronous")
+    model = UserCNN if MODELS[name][1] is None else None
+    t0 = time.perf_counter()
+    ds = analyze(path, model=model, store=False, scheduler=sched, n_workers=workers,
+                 **{**COMMON, **kw})
+    return (time.perf_counter() - t0) / ds.sizes["step"]
+
+
+def _forward_flops(path, name) -> tuple[float, float]:
+    """FLOPs per checkpoint of the LC and the LMN forward passes, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ckptlab.analysis.capture import CapturedModel, resolve_layer_map, user_source
+    from ckptlab.analysis.api import _archive_source
+    from ckptlab.store import Run
+
+    run = Run(path)
+    data = run.data()
+    src = user_source(UserCNN) if MODELS[name][1] is None else _archive_source(run)
+    module = src.build()
+    lm = resolve_layer_map(module, data["x_train"][:4], defaults=src.defaults)
+    cm = CapturedModel(module, lm, data["x_train"][:1])
+    cm.load(run.state_dict(0))
+    n_vert = 2 * COMMON["n_directions"]
+    rows = len(COMMON["lc_splits"]) * len(COMMON["radii"]) * COMMON["lc_points"] * n_vert
+    e = cm.embed(data["x_train"][:1]).repeat(rows, 1)
+    with FlopCounterMode(display=False) as fc:  # (its module tracker needs autograd on)
+        cm.preact_fn(lm.preacts)(e)
+    lc = fc.get_total_flops()
+    to_h, head = cm.lmn_split()
+    n = COMMON["lmn_samples"]
+    h = to_h(data["x_train"][:1]).repeat(n * (n - 1) // 2 * 21, 1)
+    with FlopCounterMode(display=False) as fc:  # (its module tracker needs autograd on)
+        head(h)
+    return float(lc), float(fc.get_total_flops())
+
+
+def _matmul_rate() -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    return 2 * 1024 ** 3 * 20 / (time.perf_counter() - t0)
+
+
+_MEM_CHILD = r"""
+import resource, sys
+import ckptlab
+ckptlab.analyze(sys.argv[1], metrics=("mi", "weights"), estimators=("binning", "kde"),
+                store=False, scheduler="synchronous", probe_size=1024, kde_samples=512)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def _peak_rss(path: Path) -> int:
+    out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(path)], capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def run(*, checkpoints: int, baseline_ckpts: int, models, tmpdir=None):
+    torch.set_num_threads(1)
+    rows, raw = [], {}
+    rate = _matmul_rate()
+    raw["matmul_flop_s"] = rate
+    with tempfile.TemporaryDirectory(dir=tmpdir) as d:
+        d = Path(d)
+        for name in models:
+            path = d / f"{name}.zarr"
+            files = _make_run(path, name, checkpoints)[:baseline_ckpts]
+            from ckptlab.store import Run
+
+            data = Run(path).data()
+            base = _baseline(files, data, name, _module(name))
+            o1 = min(_ours(path, name, 1) for _ in range(2))
+            o2t = _ours(path, name, 2, "threads")
+            o2p = _ours(path, name, 2, "processes")
+            o2 = min(o2t, o2p)
+            lc_s = _ours(path, name, 1, metrics=("lc",))
+            lmn_s = _ours(path, name, 1, metrics=("lmn",))
+            lc_f, lmn_f = _forward_flops(path, name)
+            raw[name] = {"baseline_s_per_ckpt": base, "ours_1": o1, "ours_2_threads": o2t,
+                         "ours_2_processes": o2p, "lc_s": lc_s, "lmn_s": lmn_s,
+                         "lc_flops": lc_f, "lmn_flops": lmn_f}
+            label = MODELS[name][0]
+            rows.append(Row(f"{name}: whole analysis, 1 worker", 1 / o1, "ckpt/s", 1 / base,
+                            "plain loop", Target(">=", 20.0),
+                            note=f"{label}; baseline on {len(files)} checkpoints"))
+            rows.append(Row(f"{name}: 2 workers (threads) vs 1", 1 / o2t, "ckpt/s", 1 / o1,
+                            "1 worker", Target(">=", 1.8)))
+            rows.append(Row(f"{name}: 2 workers (processes) vs 1", 1 / o2p, "ckpt/s", 1 / o1,
+                            "1 worker", Target(">=", 1.8)))
+            rows.append(Row(f"{name}: LC forward FLOP rate", lc_f / lc_s / 1e9, "GFLOP/s",
+                            rate / 1e9, "1024^2 matmul, 1 thread", Target(">=", 0.3),
+                            note="FLOPs counted by torch.utils.flop_counter"))
+            rows.append(Row(f"{name}: LMN forward FLOP rate", lmn_f / lmn_s / 1e9, "GFLOP/s",
+                            rate / 1e9, "1024^2 matmul, 1 thread", Target(">=", 0.3)))
+        # memory: 100 vs 1000 checkpoints of the digits MLP
+        p100, p1000 = d / "m100.zarr", d / "m1000.zarr"
+        _make_run(p100, "digits-mlp", 100)
+        _make_run(p1000, "digits-mlp", 1000)
+        m100, m1000 = _peak_rss(p100), _peak_rss(p1000)
+        raw["peak_rss"] = {"100": m100, "1000": m1000}
+        rows.append(Row("peak memory, 1000 checkpoints (digits MLP)", m1000, "B", m100,
+                        "100 checkpoints", Target("<=", 1.1)))
+    raw["checkpoints"] = checkpoints
+    return rows, raw
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = make_parser("python -m benchmarks models", __doc__.splitlines()[0])
+    p.add_argument("--checkpoints", type=int, default=300)
+    p.add_argument("--baseline-ckpts", type=int, default=4,
+                   help="checkpoints the plain loop is timed on (it is slow)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument("--tmpdir", type=Path, default=None)
+    a = p.parse_args(argv)
+    models = [m for m in a.models.split(",") if m]
+    for m in models:
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    t0 = time.perf_counter()
+    rows, raw = run(checkpoints=a.checkpoints, baseline_ckpts=a.baseline_ckpts, models=models,
+                    tmpdir=a.tmpdir)
+    title = (f"analysis on realistic models: {a.checkpoints} checkpoints each; probe "
+             f"{COMMON['probe_size']}, KDE {COMMON['kde_samples']}, LC {COMMON['lc_points']} "
+             f"points x 2 splits x {2 * COMMON['n_directions']} vertices, LMN "
+             f"{COMMON['lmn_samples']} samples; load average {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} CPUs")
+    print(format_table(rows, title=title))
+    result = report("models", rows, wall_s=time.perf_counter() - t0, **raw)
+    print(f"benchmark wall time {result['wall_s']:.0f} s")
+    if a.json is not None:
+        write_json(a.json, result)
+    return result

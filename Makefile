@@ -30,7 +30,7 @@ demo: env
 bench: env
 	$(PY) -m benchmarks
 
-# SIGKILL writers at random moments (100 trials, a few minutes); not part of `make test`
+# SIGKILL 100 writers and 30 analyses at random moments (about 15 minutes); not in `make test`
 stress: env
 	$(PY) tests/store/_stress.py --trials 100
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 
@@ -564,6 +565,19 @@ class _Runner:
         import zarr
 
         root = zarr.open_group(fmt.open_store(self.run.path, read_only=False), mode="r+")
+        # Blocks must cover whole chunks of every family's cache (a partial-chunk write is a
+        # read-modify-write, which a concurrent analysis could interleave): new caches take
+        # the chunk of those already stored.
+        chunks = set()
+        if fmt.ANALYSIS in root:
+            g = root[fmt.ANALYSIS]
+            for name, fam in families.items():
+                key = family_key(name, fam.params)
+                if key in g and "done" in g[key]:
+                    chunks.add(int(g[key]["done"].chunks[0]))
+        if chunks:
+            lcm = math.lcm(*chunks)
+            self.chunk = lcm if lcm <= 1024 else max(chunks)
         caches = {}
         for name, fam in families.items():
             key = family_key(name, fam.params)
@@ -578,8 +592,6 @@ class _Runner:
     def compute(self, families: dict) -> dict:
         if self.store:
             caches = self._caches(families)
-            if caches:
-                self.chunk = next(iter(caches.values())).group["done"].chunks[0]
         else:
             caches = {}
         out = {name: {v: np.full((self.n,) + tuple(len(fam.coords[d]) for d in o.dims), np.nan)

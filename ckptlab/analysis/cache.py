@@ -34,7 +34,7 @@ def list_families(root: zarr.Group) -> dict[str, dict]:
     if fmt.ANALYSIS not in root:
         return {}
     g = root[fmt.ANALYSIS]
-    return {k: dict(g[k].attrs) for k in g.group_keys()}
+    return {k: dict(g[k].attrs) for k in g.group_keys() if not k.startswith(".")}
 
 
 class FamilyCache:
@@ -46,7 +46,10 @@ class FamilyCache:
         self.family, self.key = family, key
         self.var_dims = dict(var_dims)
         self.path = path
-        analysis = root.require_group(fmt.ANALYSIS)
+        try:
+            analysis = root.require_group(fmt.ANALYSIS)
+        except zarr.errors.ContainsGroupError:  # another analysis created it just now
+            analysis = root[fmt.ANALYSIS]
         n = len(steps)
         coords = {d: list(v) for d, v in coords.items()}
         self.group = None

@@ -61,7 +61,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ..errors import ArchiveNotFoundError, FormatVersionError, NotAnArchiveError
+from ..errors import ArchiveError, ArchiveNotFoundError, FormatVersionError, NotAnArchiveError
 
 __all__ = [
     "FORMAT_VERSION", "ATTR_KEY", "open_store", "is_url", "read_header", "publish",
@@ -144,6 +144,8 @@ def open_root(path, *, mode: str = "r") -> zarr.Group:
     store = open_store(path, read_only=(mode == "r"))
     try:
         root = zarr.open_group(store, mode="r" if mode == "r" else "r+")
+    except PermissionError:
+        raise ArchiveError(f"cannot read {path!s}: permission denied") from None
     except Exception as exc:  # zarr raises several types for "no group here"
         raise NotAnArchiveError(
             f"{path!s} is not a ckptlab archive: no Zarr v3 group there ({type(exc).__name__})"

@@ -352,7 +352,8 @@ class Run:
             )
         analyses = []
         if fmt.ANALYSIS in self._root:
-            analyses = sorted(fmt.group_names(self._root[fmt.ANALYSIS]))
+            analyses = sorted(k for k in fmt.group_names(self._root[fmt.ANALYSIS])
+                              if not k.startswith("."))
         n_params = sum(
             int(np.prod(self._arrays[f"{fmt.PARAMS}/{n}"].shape[1:])) for n in self.param_names
         )

@@ -358,6 +358,8 @@ class Recorder:
         local = fmt.local_path(self.path)
         if local is not None:
             for junk in local.rglob("*.partial"):
+                if junk.relative_to(local).parts[0] == fmt.ANALYSIS:
+                    continue  # an analysis's group being built (verify --repair cleans leftovers)
                 junk.unlink(missing_ok=True)
         pgroup = self._root[fmt.PARAMS]
         if self._n == 0:

@@ -1,4 +1,4 @@
-"""``make stress``: kill writers with SIGKILL at random moments and check what everyone sees after.
+"""``make stress``: SIGKILL writers and analyses at random moments; check what everyone sees after.
 
 Not part of ``make test`` (minutes, not seconds). Each *scenario* is a function registered with
 :func:`scenario` that runs one trial and returns its figures (a dict); the table sums them.
@@ -14,11 +14,24 @@ then
 3. a resume (``Recorder(mode="a")`` from the newest resume state) to the end, compared bit for
    bit with the uninterrupted run, then verified again.
 
-Add a scenario (e.g. killing ``analyze``) with ``@scenario("name")`` and a function
-``(trial, rng, workdir, ctx) -> dict`` whose dict holds counts (summed over trials) and a
-``failure`` string (or None); list its table rows in ``ROWS``.
+The ``analysis`` scenario: ``ckptlab.analyze`` (MI by binning and KDE, weight statistics,
+blocks of two checkpoints, one cache chunk each) on a copy of a small trained run is killed at
+a random moment, then
 
-    python tests/store/_stress.py [--trials 100] [--steps 250] [--scenario writer] [--seed 0]
+1. the analysis cache is counted: rows left not done, leftover ``.partial`` groups;
+2. ``ckptlab.store.verify``: no errors (notes allowed), and ``Recorder(mode="a")`` reopens
+   the archive (a writer resuming beside a killed analysis);
+3. the analysis is run again: it must complete (every row done), computing only what the
+   kill left (block x family computations counted against an analysis from scratch), and
+   equal the uninterrupted analysis (run by the same child code) within 1e-12, as returned
+   and as ``load_analysis`` reads it back; then verified again.
+
+Add a scenario with ``@scenario("name", rows=...)`` and a function
+``(trial, rng, workdir, ctx) -> dict`` whose dict holds counts (summed over trials) and a
+``failure`` string (or None); ``rows`` lists its table rows.
+
+    python tests/store/_stress.py [--trials 100] [--analysis-trials 30] [--steps 250]
+                                  [--scenario writer|analysis] [--seed 0]
 """
 
 from __future__ import annotations
@@ -205,6 +218,206 @@ def writer_trial(trial: int, rng, work: Path, ctx: dict) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------- analysis
+#: what each analysis computes: two MI estimators and the weight statistics, in blocks of two
+#: checkpoints (one cache chunk each), so a kill lands between block writes
+ANALYSIS = dict(metrics=("mi", "weights"), estimators=("binning", "kde"), block_size=2,
+                scheduler="threads", progress=False)
+
+
+def _analysis_child(path: str, conn) -> None:
+    import ckptlab
+
+    conn.send("ready")
+    ckptlab.analyze(path, **ANALYSIS)
+    conn.send("done")
+
+
+def _analysis_base(work: Path, ctx: dict) -> None:
+    """A small trained run (digits, ReLU MLP: the binning range pre-pass is cached too) and
+    the uninterrupted analysis of a copy, run by the same child code as the trials (timed)."""
+    from ckptlab.analysis import load_analysis
+    from trainers import TrainConfig, train
+
+    base = work / "analysis-base.zarr"
+    train(TrainConfig(task="digits", task_args={"n_train": 120},
+                      model_args={"widths": [12, 8]}, steps=120, lr=0.01, ckpt_per_decade=16,
+                      ckpt_dense_until=8), base)
+    ref = work / "analysis-reference.zarr"
+    shutil.copytree(base, ref)
+    parent, child = ctx["mp"].Pipe()
+    proc = ctx["mp"].Process(target=_analysis_child, args=(str(ref), child), daemon=True)
+    proc.start()
+    assert parent.poll(120) and parent.recv() == "ready", "the analysis child did not start"
+    t0 = time.perf_counter()
+    assert parent.poll(600) and parent.recv() == "done", "the reference analysis failed"
+    ctx["seconds"] = time.perf_counter() - t0
+    proc.join()
+    ctx["base"], ctx["reference"] = base, load_analysis(ref)
+    groups = _cache_rows(ref)
+    ctx["n_groups"] = len(groups)
+    ctx["n"] = next(iter(groups.values()))[1]
+    ctx["n_blocks"] = -(-ctx["n"] // ANALYSIS["block_size"])
+
+
+def _cache_rows(path) -> dict[str, tuple[int, int]]:
+    """Each analysis cache group (leftover temporaries excluded): (rows done, rows)."""
+    import zarr
+
+    from ckptlab.store import format as fmt
+
+    root = zarr.open_group(fmt.open_store(path, read_only=True), mode="r")
+    if fmt.ANALYSIS not in root:
+        return {}
+    g = root[fmt.ANALYSIS]
+    out = {}
+    for key in fmt.group_names(g):
+        if key.startswith(".") or "done" not in g[key]:
+            continue
+        done = np.asarray(g[key]["done"][...])
+        out[key] = (int(done.sum()), len(done))
+    return out
+
+
+def _same_analysis(ds, ref) -> str | None:
+    """None when every variable of ``ref`` is in ``ds`` and equal within 1e-12, else why."""
+    if sorted(ds.data_vars) != sorted(ref.data_vars):
+        return f"variables {sorted(set(ds.data_vars) ^ set(ref.data_vars))} differ"
+    for name, var in ref.data_vars.items():
+        a, b = np.asarray(ds[name].values, float), np.asarray(var.values, float)
+        if a.shape != b.shape:
+            return f"{name}: shape {a.shape} != {b.shape}"
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            return f"{name}: NaN at other places"
+        ok = ~np.isnan(b)
+        if ok.any() and np.max(np.abs(a[ok] - b[ok])) > 1e-12:
+            return f"{name}: differs by {np.max(np.abs(a[ok] - b[ok])):.3g}"
+    return None
+
+
+@scenario("analysis", rows=[
+    ("trials", "trials", None),
+    ("analysis still running when killed", "killed_running", "trials"),
+    ("kills that left a temporary .partial cache group", "partial", "trials"),
+    ("cache rows left not done by the kill (recomputed)", "rows_not_done", "rows_total"),
+    ("block x family computations of the resume (vs from scratch)", "units", "units_full"),
+    ("verify after the kill: no errors", "verify_ok", "trials"),
+    ("  ... with notes (leftovers, snapshot not yet rewritten)", "verify_notes", "trials"),
+    ("  ... errors all 'missing chunk' of cache rows not done", "verify_unwritten", "trials"),
+    ("Recorder(mode='a') reopens the archive after the kill", "reopened", "trials"),
+    ("analyses resumed to completion (every row done)", "resumed", "trials"),
+    ("results equal to the uninterrupted analysis (1e-12)", "equal", "trials"),
+    ("  ... and load_analysis of the archive too", "stored_equal", "trials"),
+    ("verify after the resume: no errors", "post_ok", "trials"),
+])
+def analysis_trial(trial: int, rng, work: Path, ctx: dict) -> dict:
+    import ckptlab.analysis.api as api
+    from ckptlab.analysis import analyze, load_analysis
+    from ckptlab.store import Recorder, verify
+
+    if "base" not in ctx:
+        _analysis_base(work, ctx)
+    path = work / f"analysis{trial}.zarr"
+    shutil.copytree(ctx["base"], path)
+    out = dict.fromkeys(
+        ["killed_running", "partial", "rows_not_done", "rows_total", "units", "units_full",
+         "verify_ok", "verify_notes", "verify_unwritten", "reopened", "resumed", "equal",
+         "stored_equal", "post_ok"], 0)
+    out.update(trials=1, failure=None)
+    fails = []
+    parent, child = ctx["mp"].Pipe()
+    proc = ctx["mp"].Process(target=_analysis_child, args=(str(path), child), daemon=True)
+    proc.start()
+    if not parent.poll(120) or parent.recv() != "ready":
+        proc.kill()
+        out["failure"] = "the analysis did not start"
+        return out
+    time.sleep(float(rng.uniform(0.0, 0.95 * ctx["seconds"])))
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.join()
+    out["killed_running"] = int(not (parent.poll() and parent.recv() == "done"))
+    try:
+        out["partial"] = int(any(Path(path, "analysis").glob(".*.partial")))
+        rows = _cache_rows(path)
+        out["rows_total"] = ctx["n_groups"] * ctx["n"]
+        out["rows_not_done"] = out["rows_total"] - sum(d for d, _ in rows.values())
+        report = verify(path)
+        out["verify_ok"] = int(report.ok)
+        out["verify_notes"] = int(bool(report.notes))
+        if not report.ok:
+            out["verify_unwritten"] = int(_only_unwritten_rows(report, path))
+            fails.append("verify: " + _errors_in_brief(report))
+        try:
+            Recorder(path, mode="a").close()
+            out["reopened"] = 1
+        except Exception as exc:
+            fails.append(f"Recorder(mode='a') after the kill: {type(exc).__name__}: {exc}")
+        calls = []
+        real = api.compute_block
+        api.compute_block = lambda *a, **k: calls.append(len(a[3])) or real(*a, **k)
+        try:
+            ds = analyze(path, **ANALYSIS)
+        finally:
+            api.compute_block = real
+        out["units"] = sum(calls)
+        out["units_full"] = ctx["n_groups"] * ctx["n_blocks"]
+        rows = _cache_rows(path)
+        out["resumed"] = int(len(rows) == ctx["n_groups"]
+                             and all(d == n == ctx["n"] for d, n in rows.values()))
+        if not out["resumed"]:
+            fails.append(f"after the resume, cache rows done: {rows}")
+        why = _same_analysis(ds, ctx["reference"])
+        out["equal"] = int(why is None)
+        if why:
+            fails.append(f"the resumed analysis: {why}")
+        why = _same_analysis(load_analysis(path), ctx["reference"])
+        out["stored_equal"] = int(why is None)
+        if why:
+            fails.append(f"load_analysis after the resume: {why}")
+        after = verify(path)
+        out["post_ok"] = int(after.ok)
+        if not after.ok:
+            fails.append("verify after the resume: " + _errors_in_brief(after))
+    except Exception as exc:
+        fails.append(f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=3)})")
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    out["failure"] = "; ".join(fails) or None
+    return out
+
+
+def _only_unwritten_rows(report, path) -> bool:
+    """Whether every error is an analysis-cache chunk that was never written and covers only
+    rows whose ``done`` is False (rows the kill left uncomputed; they read as NaN, not done)."""
+    import zarr
+
+    from ckptlab.store import format as fmt
+
+    root = zarr.open_group(fmt.open_store(path, read_only=True), mode="r")
+    for f in report.errors:
+        if not (f.array or "").startswith(fmt.ANALYSIS + "/") or "is missing" not in f.message:
+            return False
+        group = "/".join(f.array.split("/")[:2])
+        arr = root[f.array]
+        i = int(f.chunk.split("/c/")[1].split("/")[0])
+        c = arr.chunks[0]
+        if np.asarray(root[group]["done"][...])[i * c : (i + 1) * c].any():
+            return False
+    return True
+
+
+def _errors_in_brief(report) -> str:
+    """'N error(s) [kinds] in groups ..., e.g. <the first>' (a kill can leave hundreds)."""
+    errors = report.errors
+    kinds = sorted({f.kind for f in errors})
+    groups = sorted({"/".join((f.array or "-").split("/")[:2]) for f in errors})
+    return (f"{len(errors)} error(s) [{', '.join(kinds)}] in {', '.join(groups)}, e.g. "
+            f"{errors[0].message}")
+
+
 # ---------------------------------------------------------------------------------- driver
 def _table(name: str, totals: dict, seconds: float) -> str:
     rows = [(label, totals.get(key, 0), totals.get(den) if den else None)
@@ -221,7 +434,9 @@ def _table(name: str, totals: dict, seconds: float) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--trials", type=int, default=100, help="trials of the writer scenario")
+    ap.add_argument("--analysis-trials", type=int, default=30,
+                    help="trials of the analysis scenario")
     ap.add_argument("--steps", type=int, default=250, help="checkpoints of the writer run")
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
                     help="scenario(s) to run (default: all)")
@@ -235,17 +450,18 @@ def main(argv=None) -> int:
     # Writers are forked from a server that imported torch and ckptlab once: a trial costs
     # its own work, not an interpreter start.
     ctx_mp = mp.get_context("forkserver")
-    ctx_mp.set_forkserver_preload(["torch", "ckptlab.store", "_mlp_writer"])
+    ctx_mp.set_forkserver_preload(["torch", "ckptlab.store", "ckptlab.analysis", "_mlp_writer"])
     work = Path(tempfile.mkdtemp(prefix="ckptlab-stress-"))
     status = 0
     try:
         for name in a.scenario or sorted(SCENARIOS):
             rng = np.random.default_rng(a.seed)
             ctx = {"mp": ctx_mp, "steps": a.steps}
+            trials = a.analysis_trials if name == "analysis" else a.trials
             totals: dict = {"failures": 0}
             failures = []
             t0 = time.perf_counter()
-            for trial in range(a.trials):
+            for trial in range(trials):
                 fig = SCENARIOS[name](trial, rng, work, ctx)
                 fail = fig.pop("failure", None)
                 for k, v in fig.items():
@@ -254,7 +470,7 @@ def main(argv=None) -> int:
                     totals["failures"] += 1
                     failures.append(f"  trial {trial}: {fail}")
                 if (trial + 1) % 10 == 0:
-                    print(f"  {name}: {trial + 1}/{a.trials} trials, "
+                    print(f"  {name}: {trial + 1}/{trials} trials, "
                           f"{totals['failures']} failures", file=sys.stderr, flush=True)
             print(_table(name, totals, time.perf_counter() - t0))
             if failures:

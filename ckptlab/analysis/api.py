@@ -42,7 +42,7 @@ from .options import METRICS, SUBSET_CAPS, AnalysisOptions, family_key
 __all__ = ["analyze", "load_analysis", "VAR_META", "DEFAULT_ESTIMATORS", "BLOCK_BYTES"]
 
 #: Memory a block's checkpoints may take (parameters, hidden representations) by default.
-BLOCK_BYTES = 256 << 20
+BLOCK_BYTES = 128 << 20
 
 #: MI estimators computed unless told otherwise (see ``analyze``'s ``estimators``).
 DEFAULT_ESTIMATORS = ("binning", "kde", "kde_rel", "renyi_norm", "pca_binning")
@@ -492,8 +492,9 @@ def _auto_block_size(n: int, sd0: dict, model, x_probe, kind: str, n_workers) ->
 
         with torch.no_grad():
             reps = model.representations(x_probe[:2], model.map.layers)
-        # float32/64 as computed plus the float64 copy the kernels use
-        per += len(x_probe) * sum(int(v.shape[1]) for v in reps.values()) * 16
+        # as computed, the float64 copy, and the kernels' temporaries (binning codes, the
+        # KDE subset, row hashes): about 32 bytes per value, measured on the digits MLP
+        per += len(x_probe) * sum(int(v.shape[1]) for v in reps.values()) * 32
     workers = 1 if kind == "synchronous" else (n_workers or os.cpu_count() or 1)
     by_memory = max(1, BLOCK_BYTES // max(per, 1))
     by_tasks = max(1, -(-n // (4 * workers)))

@@ -271,9 +271,13 @@ def local_complexity(
             bad = torch.zeros(n_batch, n, n_layers, dtype=torch.bool, device=dev)
             for k, z in enumerate(layers):
                 z = z.reshape(n_batch, n, n_vert, -1)
-                straddles = (z.amax(dim=2) > 0) & (z.amin(dim=2) < 0)
+                zmax, zmin = z.amax(dim=2), z.amin(dim=2)
+                straddles = (zmax > 0) & (zmin < 0)
                 counts[:, :, k] = straddles.sum(dim=2).to(device=dev)
-                bad[:, :, k] = (~torch.isfinite(z)).flatten(2).any(dim=2).to(device=dev)
+                # amax/amin propagate NaN and keep +-inf: finiteness from the reduced tensors
+                # (50x smaller than z) instead of isfinite over every vertex
+                bad[:, :, k] = (~(torch.isfinite(zmax) & torch.isfinite(zmin))).any(dim=2) \
+                    .to(device=dev)
             chunks.append(counts)
             bad_chunks.append(bad)
     counts = torch.cat(chunks, dim=1)

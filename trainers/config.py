@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from ckptlab._checks import check_choice, check_float, check_int
 from ckptlab.errors import ValidationError
 
-__all__ = ["TrainConfig", "apply_overrides", "checkpoint_steps"]
+__all__ = ["TrainConfig", "apply_overrides", "checkpoint_steps", "lr_at", "LR_SCHEDULES"]
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -27,6 +29,13 @@ class TrainConfig:
     # --- optimisation -----------------------------------------------------------------
     optimizer: str = "adamw"  # "adamw" (every setting in the spec) or "sgd"
     lr: float = 1e-3  # the grokking papers' AdamW learning rate
+    # Linear warm-up: update s uses lr * min(1, (s + 1) / warmup_steps). Power et al. (and the
+    # PyTorch re-implementations of their set-up) warm up for 10 updates; Nanda et al. and the
+    # two-phase paper state none, hence 0 (off).
+    warmup_steps: int = 0
+    # After warm-up: "constant" (every grokking paper we reproduce) or "cosine" (half a cosine
+    # from lr down to 0 at the last update), for users who want an annealed run; no preset uses it.
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0  # the two-phase paper uses none; grokking presets set their own
     betas: tuple = (0.9, 0.98)  # beta2 0.98 as in Power et al. / Nanda et al. grokking runs
     momentum: float = 0.0  # SGD only
@@ -47,6 +56,8 @@ class TrainConfig:
         check_float("label_noise", self.label_noise, min=0.0, max=1.0, max_inclusive=False)
         check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
         check_float("lr", self.lr, min=0.0, min_inclusive=False)
+        check_int("warmup_steps", self.warmup_steps, min=0)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_float("weight_decay", self.weight_decay, min=0.0)
         if (
             not isinstance(self.betas, (list, tuple))
@@ -85,6 +96,23 @@ class TrainConfig:
                 f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
             )
         return cls(**d).validate()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of the update taken at ``step`` (the one that makes step ``step + 1``).
+
+    A pure function of the step, so a resumed run needs no scheduler state to stay
+    bit-identical. Linear warm-up over ``cfg.warmup_steps`` updates, then ``cfg.lr_schedule``:
+    constant, or half a cosine from ``cfg.lr`` at the end of warm-up to 0 at ``cfg.steps``.
+    With the defaults (no warm-up, constant) it is exactly ``cfg.lr``.
+    """
+    w = cfg.warmup_steps
+    if w and step < w:
+        return cfg.lr * (step + 1) / w
+    if cfg.lr_schedule == "cosine" and cfg.steps > w:
+        frac = min(1.0, (step - w) / (cfg.steps - w))
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return cfg.lr
 
 
 def checkpoint_steps(steps: int, *, per_decade: int, dense_until: int, every: int) -> list[int]:

@@ -21,7 +21,7 @@ from ckptlab.errors import CkptlabError, TrainingDivergedError, ValidationError
 from ckptlab.models import build_model
 from ckptlab.store import Recorder, Run
 
-from .config import TrainConfig, checkpoint_steps
+from .config import TrainConfig, checkpoint_steps, lr_at
 from .tasks import TaskData, make_task
 
 __all__ = ["train", "TrainResult", "build_task", "model_spec_for"]
@@ -106,6 +106,13 @@ def _optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
     )
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (the schedule is :func:`lr_at`, a pure
+    function of the step, so resuming needs no scheduler state)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def get_batch(cfg, x, y, gen: torch.Generator):
@@ -233,7 +240,7 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
                     "train_acc": tr_acc,
                     "test_loss": te_loss,
                     "test_acc": te_acc,
-                    "lr": opt.param_groups[0]["lr"],
+                    "lr": lr_at(cfg, step),  # of the next update (warm-up, schedule)
                     "wall_time": wall0 + time.perf_counter() - t0,
                 }
                 if not math.isfinite(tr_loss):
@@ -263,6 +270,7 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            set_lr(opt, lr_at(cfg, step))
             opt.step()
     finally:
         bar.close()

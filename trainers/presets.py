@@ -16,7 +16,9 @@ from .config import TrainConfig
 __all__ = ["PRESETS", "get_preset"]
 
 # de Mello Koch & Ghosh's shared set-up: 2 layers, 4 heads, d_model 128, MLP 512, GELU; AdamW
-# lr 1e-3 without weight decay, 1e6 steps. Batch size is not stated in the paper: 512.
+# lr 1e-3 without weight decay, 1e6 steps (all the paper's). Ours, as the paper does not state
+# them: batch 512, betas (0.9, 0.98), no warm-up, no dropout, no LayerNorm, N(0, 1/d_model)
+# embeddings and PyTorch's default init elsewhere (Nanda et al.), the "a b =" format.
 _PAPER = dict(
     model="transformer",
     model_args={"n_layers": 2, "n_heads": 4, "d_model": 128, "d_mlp": 512, "activation": "gelu"},
@@ -83,11 +85,43 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             ckpt_per_decade=30,
         ),
     ),
-    "paper-mod96": (
-        "GPU: the two-phase paper's division mod 96 (40% train), 2-layer transformer, 1e6 steps",
+    # The paper's model family (a decoder-only transformer reading "a b =") made small enough
+    # to grok on one CPU thread in a few minutes: 1 layer, 4 heads, d_model 64, MLP 256. Ours:
+    # ReLU instead of the paper's GELU, so local complexity (which counts piecewise-linear
+    # units only) is measurable; weight decay 1 and lr 3e-3 (Power et al.'s regulariser, as in
+    # quick-grok) so generalisation comes within ~3000 steps; addition mod 47 with half for
+    # training: fitting ends ~1 decade before test accuracy passes 0.9 (README; with 45% one
+    # seed of two had not generalised by 4000 steps).
+    "quick-transformer": (
+        "CPU ~2 min: addition mod 47, 1-layer transformer (d 64, ReLU), wd 1; fits ~100, 0.9 ~1100",
         TrainConfig(
             task="modular",
-            task_args={"p": 96, "op": "div", "train_fraction": 0.4},
+            task_args={"p": 47, "op": "add", "train_fraction": 0.5},
+            model="transformer",
+            model_args={"n_layers": 1, "n_heads": 4, "d_model": 64, "d_mlp": 256,
+                        "activation": "relu"},
+            optimizer="adamw",
+            lr=3e-3,
+            weight_decay=1.0,
+            betas=(0.9, 0.98),
+            batch_size=0,
+            steps=3000,
+            ckpt_per_decade=40,
+        ),
+    ),
+    # "Division mod 96" as the paper's figures imply (README, "Presets": the readings tried):
+    # every divisor b in [1, 96), c = a * b^94 mod 96, what dividing through Fermat's little
+    # theorem computes for a composite modulus (it is not division); the table is our inference
+    # from the paper's curves. With it the first 5000 steps on CPU track the figures (test acc
+    # 0.81 at 1e3 and 0.89 at 5e3 against the paper's 0.71 and 0.90; a test-loss hump at 2.5e3
+    # against 2-3e3); the true quotients (division="inverse", 96 x 32 equations, the old
+    # preset) and Power et al.'s x / y mod 97 stay at test acc <= 0.12 at 1e3 under every
+    # set-up we tried (LayerNorm, init, weight decay, warm-up, operator token).
+    "paper-mod96": (
+        "GPU: the paper's 'division mod 96' (Fermat reading, 40%), 2-layer transformer, 1e6 steps",
+        TrainConfig(
+            task="modular",
+            task_args={"p": 96, "op": "div", "train_fraction": 0.4, "division": "fermat"},
             **_PAPER,
         ),
     ),

@@ -89,9 +89,12 @@ def test_full_batch_training_is_deterministic(tmp_path):
 
 
 def _resume_cfg():
+    # warm-up and a cosine schedule: the lr changes at every update, so a resumed run that
+    # got it wrong at any step would differ
     return TrainConfig(task="modular", task_args={"p": 11, "train_fraction": 0.5},
                        model_args={"widths": [32], "embed_dim": 8}, batch_size=16,
-                       steps=2500, ckpt_every=1, lr=3e-3, weight_decay=0.5, seed=4)
+                       steps=2500, ckpt_every=1, lr=3e-3, weight_decay=0.5, seed=4,
+                       warmup_steps=100, lr_schedule="cosine")
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path):
@@ -124,7 +127,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     pa, pb = a.params(0, a.n), b.params(0, b.n)
     for k in pa:
         assert pa[k].tobytes() == pb[k].tobytes(), k
-    for k in ("train_loss", "test_acc"):
+    for k in ("train_loss", "test_acc", "lr"):
         np.testing.assert_array_equal(a.metrics()[k], b.metrics()[k])
 
 

@@ -70,6 +70,44 @@ def test_division_mod_prime_7():
     np.testing.assert_array_equal((y * x[:, 1]) % 7, x[:, 0])
 
 
+def test_power_et_al_division_mod_97():
+    # Power et al.'s x / y mod 97: every non-zero divisor, 97 * 96 = 9312 equations
+    task = modular_arithmetic(p=97, op="div", train_fraction=0.4, seed=2)
+    x, y = all_rows(task)
+    assert len(x) == 9312 and row_set(x) == {(a, b) for a in range(97) for b in range(1, 97)}
+    np.testing.assert_array_equal((y * x[:, 1]) % 97, x[:, 0])  # c * b = a: each answer right
+    assert len(task.y_train) == round(0.4 * 9312) == 3725
+    assert task.params["division"] == "inverse"
+
+
+def test_division_zero_convention_mod_96():
+    x, y = all_rows(modular_arithmetic(p=96, op="div", train_fraction=0.4, division="zero"))
+    assert len(x) == 96 * 95 and row_set(x) == {(a, b) for a in range(96) for b in range(1, 96)}
+    unit = np.gcd(x[:, 1], 96) == 1
+    assert unit.sum() == 96 * 32
+    np.testing.assert_array_equal((y[unit] * x[unit, 1]) % 96, x[unit, 0])  # true quotients
+    assert (y[~unit] == 0).all()  # no inverse: the convention's 0
+
+
+def test_division_fermat_convention_mod_96():
+    x, y = all_rows(modular_arithmetic(p=96, op="div", train_fraction=0.4, division="fermat"))
+    assert len(x) == 96 * 95
+    assert y.tolist() == [a * pow(b, 94, 96) % 96 for a, b in x.tolist()]
+    # not division: b^94 is the inverse of b = 1 only, and takes 10 values
+    assert sorted({pow(b, 94, 96) for b in range(1, 96)}) == [0, 1, 9, 25, 33, 49, 57, 64, 73, 81]
+    assert (y * x[:, 1] % 96 == x[:, 0]).mean() < 0.2
+
+
+@pytest.mark.parametrize("division", ["zero", "fermat"])
+def test_division_conventions_agree_for_prime_p(division):
+    # for prime p every non-zero divisor is invertible and b^(p-2) = b^-1: one table
+    plain = modular_arithmetic(p=13, op="div", seed=4)
+    other = modular_arithmetic(p=13, op="div", seed=4, division=division)
+    for f in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(plain, f), getattr(other, f))
+    assert "division" not in modular_arithmetic(p=13, op="add").params
+
+
 @pytest.mark.parametrize("p", [11, 12])
 @pytest.mark.parametrize("op", ["add", "sub", "mul"])
 def test_add_sub_mul_match_brute_force(p, op):
@@ -111,6 +149,10 @@ def test_split_rounds_half_to_even():
         ({"p": 2, "train_fraction": 0.1}, r"at least one training .* gives 0 training .* of 4"),
         ({"p": 2, "train_fraction": 0.9}, r"at least one training and one test .* gives 4 "),
         ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+        ({"op": "div", "division": "floor"},
+         r"division must be one of 'inverse', 'zero', 'fermat'; got 'floor'"),
+        ({"op": "add", "division": "zero"},
+         r"division applies to op='div' only; got division='zero' with op='add'"),
     ],
 )
 def test_modular_bad_input(kwargs, match):
@@ -543,7 +585,9 @@ def test_label_noise_bad_input():
 
 def test_registry_round_trip():
     assert set(TASKS) == {"modular", "permutation", "digits", "ib12", "npz"}
-    for name, kwargs in [("modular", {"p": 13, "op": "div"}), ("permutation", {"n": 4}),
+    for name, kwargs in [("modular", {"p": 13, "op": "div"}),
+                         ("modular", {"p": 12, "op": "div", "division": "fermat"}),
+                         ("permutation", {"n": 4}),
                          ("ib12", {"seed": 9}), ("digits", {"n_train": 50})]:
         task = make_task(name, **kwargs)
         assert task.name == name

@@ -8,22 +8,37 @@ import math
 import numpy as np
 
 from ckptlab._checks import check_choice, check_int
+from ckptlab.errors import ValidationError
 
 from ._base import TaskData, _check_split, _split
 
 _OPS = ("add", "sub", "mul", "div")
+_DIVISION = ("inverse", "zero", "fermat")
 
 
 def modular_arithmetic(
-    *, p: int = 97, op: str = "add", train_fraction: float = 0.3, seed: int = 0
+    *,
+    p: int = 97,
+    op: str = "add",
+    train_fraction: float = 0.3,
+    seed: int = 0,
+    division: str = "inverse",
 ) -> TaskData:
     """Binary operation modulo ``p``: the grokking task of Power et al.
 
     Each example is one equation ``a op b = c (mod p)``; the input is the token pair (a, b)
     (ids in [0, p), vocab_size p, no operator or "=" token) and the label is c. ``add``, ``sub``
-    and ``mul`` use all p*p pairs. ``div`` uses only divisors b invertible mod p, i.e. with
-    gcd(b, p) = 1, and c = a * b^-1 mod p; for composite p (the paper's p = 96) that is
-    p * phi(p) equations (96 * 32), for prime p it is p * (p - 1).
+    and ``mul`` use all p*p pairs. ``div`` builds its table by the rule ``division`` names:
+
+    - ``"inverse"``: only divisors b invertible mod p (gcd(b, p) = 1), c = a * b^-1 mod p.
+      For prime p that is Power et al.'s x / y: p * (p - 1) equations (97 * 96 = 9312); for
+      composite p it is p * phi(p) (96 * 32 = 3072).
+    - ``"zero"``: every divisor b in [1, p), c = a * b^-1 where b is invertible and c = 0
+      where it is not (p * (p - 1) equations; the same table as ``"inverse"`` for prime p).
+    - ``"fermat"``: every divisor b in [1, p), c = a * b^(p-2) mod p, which is what code that
+      divides through Fermat's little theorem computes. For prime p it is the inverse; for
+      composite p it is *not* division (96: b^94 is b^-1 for b = 1 only) and takes only 10
+      distinct values, so the table is much easier than division.
 
     Parameters
     ----------
@@ -36,11 +51,14 @@ def modular_arithmetic(
         least one training and one test equation.
     seed : int, default 0
         Seed of the train/test split.
+    division : {"inverse", "zero", "fermat"}, default "inverse"
+        How ``op="div"`` builds its table (see above); only ``"inverse"`` with another op.
 
     Returns
     -------
     TaskData
-        ``input_kind="tokens"``, x of shape (N, 2), y in [0, p).
+        ``input_kind="tokens"``, x of shape (N, 2), y in [0, p). ``params`` records
+        ``division`` for ``op="div"`` only.
 
     Raises
     ------
@@ -57,8 +75,19 @@ def modular_arithmetic(
     p = check_int("p", p, min=2)
     op = check_choice("op", op, _OPS)
     seed = check_int("seed", seed, min=0)
+    division = check_choice("division", division, _DIVISION)
+    if op != "div" and division != "inverse":
+        raise ValidationError(
+            f"division applies to op='div' only; got division={division!r} with op={op!r}"
+        )
     a = np.arange(p, dtype=np.int64)
-    b = a[np.gcd(a, p) == 1] if op == "div" else a
+    invertible = np.gcd(a, p) == 1
+    if op != "div":
+        b = a
+    elif division == "inverse":
+        b = a[invertible]
+    else:
+        b = a[1:]  # every non-zero divisor: division by zero is never an equation
     tf, n_train = _check_split(train_fraction, p * len(b))
 
     aa, bb = (g.ravel() for g in np.meshgrid(a, b, indexing="ij"))
@@ -70,14 +99,20 @@ def modular_arithmetic(
         y = (aa * bb) % p
     else:
         # one pow() per divisor (at most p of them), then a table look-up per equation
-        inverse = np.zeros(p, dtype=np.int64)
-        inverse[b] = [pow(int(v), -1, p) for v in b]
-        y = (aa * inverse[bb]) % p
+        factor = np.zeros(p, dtype=np.int64)  # zero where b has no inverse ("zero" rule)
+        if division == "fermat":
+            factor[b] = [pow(int(v), p - 2, p) for v in b]
+        else:
+            units = a[invertible]
+            factor[units] = [pow(int(v), -1, p) for v in units]
+        y = (aa * factor[bb]) % p
     x = np.stack([aa, bb], axis=1)
     parts = _split(x, y, n_train, seed)
+    params = {"p": p, "op": op, "train_fraction": tf, "seed": seed}
+    if op == "div":
+        params["division"] = division
     return TaskData(
-        "modular", *parts, n_classes=p, input_kind="tokens", vocab_size=p,
-        params={"p": p, "op": op, "train_fraction": tf, "seed": seed},
+        "modular", *parts, n_classes=p, input_kind="tokens", vocab_size=p, params=params,
     )
 
 

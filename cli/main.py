@@ -392,3 +392,5 @@ from cli.verify import verify_cmd  # noqa: E402
 
 cli.add_command(import_cmd, "import")
 cli.add_command(verify_cmd, "verify")
+from cli.study import study_cmd  # noqa: E402
+cli.add_command(study_cmd, "study")

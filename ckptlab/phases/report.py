@@ -9,7 +9,8 @@ import xarray as xr
 
 from ..errors import ValidationError
 
-__all__ = ["format_phase_table", "seg_to_json", "mi_summary", "format_mi_summary"]
+__all__ = ["format_phase_table", "seg_to_json", "mi_summary", "format_mi_summary",
+           "format_runs", "format_alignment_table", "format_shift_table"]
 
 
 def _check_seg(seg) -> None:
@@ -164,11 +165,21 @@ def seg_to_json(seg: xr.Dataset) -> dict:
     }
     if "aligned" in seg:
         a = seg["aligned"].attrs
+
+        def names(key):
+            return [e for e in str(a.get(key, "")).split(", ") if e]
+
         out["alignment"] = {
             "aligned": bool(seg["aligned"].item()),
+            "verdict": (str(seg["alignment_verdict"].item()) if "alignment_verdict" in seg
+                        else ("aligned" if bool(seg["aligned"].item()) else "")),
             "spread_decades": _clean(float(seg["alignment_spread"].item())),
             "n": int(seg["alignment_n"].item()),
-            "events": [e for e in str(a.get("events", "")).split(", ") if e],
+            "events": names("events"),
+            "compared": names("compared"),
+            "did_not_happen": names("did_not_happen"),
+            "saturated": names("saturated"),
+            "not_measured": names("not_measured"),
             "tolerance_decades": _clean(a.get("tolerance_decades")),
             "summary": a.get("summary", ""),
         }
@@ -178,6 +189,187 @@ def seg_to_json(seg: xr.Dataset) -> dict:
             for c, row in zip(seg["curve"].values.tolist(), seg["change_point"].values)
         }
     return out
+
+
+# ----------------------------------------------------------------------------- across runs
+
+def _check_runs(al, need: str, who: str) -> None:
+    if not isinstance(al, xr.Dataset) or need not in al:
+        raise ValidationError(f"al must be a Dataset returned by {who} (with {need!r}), got "
+                              f"{type(al).__name__}")
+
+
+def _fmt_ci(ci) -> str:
+    lo, hi = (float(v) for v in ci)
+    return "-" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _fmt_num(v, fmt: str = ".3f") -> str:
+    v = float(v)
+    return "-" if not math.isfinite(v) else format(v, fmt)
+
+
+def _why(al, event) -> str:
+    """'did not happen in 3' / 'saturated in 2, did not happen in 1' for one event."""
+    st = al["status"].sel(event=event).values.tolist() if "status" in al else []
+    parts = [f"{s} in {st.count(s)}" for s in ("did not happen", "saturated", "not measured",
+                                                "absent") if st.count(s)]
+    return ", ".join(parts)
+
+
+def format_runs(al: xr.Dataset) -> str:
+    """The events of several runs (mean, sd, interval of log10 step) and the runs' verdicts.
+
+    Parameters
+    ----------
+    al : xarray.Dataset
+        Output of :func:`ckptlab.phases.align_runs`.
+
+    Returns
+    -------
+    str
+        One row per event (n, mean, sd, bootstrap interval, and for events some runs lack,
+        why), then the line ``alignment across runs: ...`` naming the verdicts and the
+        events they rest on.
+
+    Raises
+    ------
+    ValidationError
+        If ``al`` is not an ``align_runs`` output.
+    """
+    _check_runs(al, "log10_step_mean", "align_runs()")
+    names = [str(e) for e in al["event"].values]
+    w = max([len("event")] + [len(e) for e in names])
+    n_runs = al.sizes["run" if "run" in al.dims else "seed"]  # a study names its runs seeds
+    conf = al.attrs.get("confidence", 0.95)
+    lines = [f"{'event':<{w}}  {'n':>5}  {'mean log10 step':>15}  {'std':>6}  "
+             f"{f'{conf:.0%} interval':>16}  not found"]
+    for e in names:
+        row = al.sel(event=e)
+        ci = _fmt_ci(row["log10_step_ci"].values) if "log10_step_ci" in al else "-"
+        k = int(row["n"])
+        lines.append(f"{e:<{w}}  {f'{k}/{n_runs}':>5}  {_fmt_num(row['log10_step_mean']):>15}  "
+                     f"{_fmt_num(row['log10_step_std']):>6}  {ci:>16}  "
+                     f"{_why(al, e) if k < n_runs else ''}".rstrip())
+    if "alignment_summary" in al:
+        lines.append("alignment across runs: " + str(al["alignment_summary"].item()))
+    frac = float(al["aligned_fraction"])
+    if math.isfinite(frac):
+        lines.append(f"aligned in {frac:.0%} of the runs with a determined verdict")
+    else:
+        lines.append("no run has a determined alignment verdict (see above)")
+    return "\n".join(lines)
+
+
+def format_alignment_table(al: xr.Dataset, *, title: str | None = None) -> str:
+    """Every pair of events that happened together in some run, with its verdict.
+
+    Parameters
+    ----------
+    al : xarray.Dataset
+        Output of :func:`ckptlab.phases.align_runs`.
+    title : str, optional
+        A first line (e.g. the condition).
+
+    Returns
+    -------
+    str
+        The per-event table of :func:`format_runs`, then one row per pair of events (a
+        before b in reporting order) where both happened in at least one run: runs with
+        both, mean signed offset (b - a) and mean separation in decades, sd, bootstrap
+        interval, verdict; then the events that happened in no run, each once, with why
+        (their pairs are all undetermined).
+
+    Raises
+    ------
+    ValidationError
+        If ``al`` is not an ``align_runs`` output.
+    """
+    _check_runs(al, "pair_verdict", "align_runs()")
+    names = [str(e) for e in al["event"].values]
+    n = al["n"].values
+    tol = al.attrs.get("pair_tolerance_decades", al["pair_verdict"].attrs.get(
+        "tolerance_decades"))
+    conf = al.attrs.get("confidence", 0.95)
+    lines = [title] if title else []
+    lines.append(format_runs(al))
+    lines.append("")
+    happened = [e for e, k in zip(names, n) if k > 0]
+    w = max([len("event a")] + [len(e) for e in happened])
+    lines.append(f"pairs (separation |log10 b - log10 a| over the runs with both; tolerance "
+                 f"{tol} decades; {conf:.0%} bootstrap intervals over runs, "
+                 f"{al.attrs.get('n_boot', '?')} resamples)")
+    lines.append(f"{'event a':<{w}}  {'event b':<{w}}  {'n':>3}  {'b - a':>6}  {'|b - a|':>7}  "
+                 f"{'std':>5}  {'interval':>14}  verdict")
+    sep_n = al["separation_n"]
+    for i, a in enumerate(happened):
+        for b in happened[i + 1:]:
+            k = int(sep_n.sel(event=a, event_b=b))
+            if k == 0:
+                continue
+            sel = {"event": a, "event_b": b}
+            v = str(al["pair_verdict"].sel(sel).item())
+            if v == "undetermined":
+                note = str(al["pair_note"].sel(sel).item())
+                if "contains the tolerance" in note:
+                    v = "undetermined (interval contains the tolerance)"
+                elif "only 1 of" in note:
+                    v = "undetermined (1 run has both)"
+            lines.append(
+                f"{a:<{w}}  {b:<{w}}  {k:>3}  {_fmt_num(al['offset_mean'].sel(sel), '+.2f'):>6}"
+                f"  {_fmt_num(al['separation_mean'].sel(sel), '.2f'):>7}  "
+                f"{_fmt_num(al['separation_std'].sel(sel), '.2f'):>5}  "
+                f"{_fmt_ci(al['separation_ci'].sel(sel).values):>14}  {v}")
+    never = [e for e, k in zip(names, n) if k == 0]
+    if never:
+        lines.append("")
+        lines.append("not compared with anything (the event happened in no run):")
+        for e in never:
+            lines.append(f"  {e}: {_why(al, e)}")
+    return "\n".join(lines)
+
+
+def format_shift_table(cmp: xr.Dataset) -> str:
+    """Every event's shift between conditions, with its interval and verdict.
+
+    Parameters
+    ----------
+    cmp : xarray.Dataset
+        Output of :func:`ckptlab.phases.compare_conditions`.
+
+    Returns
+    -------
+    str
+        For each contrast, one row per event: seeds with the event under the reference and
+        under the condition, seeds with both, mean shift (decades, + later), sd, bootstrap
+        interval and verdict.
+
+    Raises
+    ------
+    ValidationError
+        If ``cmp`` is not a ``compare_conditions`` output.
+    """
+    if not isinstance(cmp, xr.Dataset) or "shift_verdict" not in cmp:
+        raise ValidationError(f"cmp must be a Dataset returned by compare_conditions() (with "
+                              f"'shift_verdict'), got {type(cmp).__name__}")
+    names = [str(e) for e in cmp["event"].values]
+    w = max([len("event")] + [len(e) for e in names])
+    conf = cmp.attrs.get("confidence", 0.95)
+    lines = []
+    for c in cmp["contrast"].values.tolist():
+        lines.append(f"shift {c} (log10 step under the condition minus under the reference, "
+                     f"same seed; {conf:.0%} bootstrap intervals over seeds)")
+        lines.append(f"{'event':<{w}}  {'ref':>3}  {'cond':>4}  {'both':>4}  {'shift':>6}  "
+                     f"{'std':>5}  {'interval':>14}  verdict")
+        for e in names:
+            r = cmp.sel(contrast=c, event=e)
+            lines.append(
+                f"{e:<{w}}  {int(r['n_reference']):>3}  {int(r['n_condition']):>4}  "
+                f"{int(r['shift_n']):>4}  {_fmt_num(r['shift_mean'], '+.2f'):>6}  "
+                f"{_fmt_num(r['shift_std'], '.2f'):>5}  {_fmt_ci(r['shift_ci'].values):>14}  "
+                f"{str(r['shift_verdict'].item())}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def mi_summary(ds: xr.Dataset, seg: xr.Dataset | None = None):

@@ -133,8 +133,11 @@ def segment(
     the noise threshold get none.
 
     Alignment: ``separation[event, event_b] = |log10 s_a - log10 s_b|`` in decades; the run's
-    time scales align when the events matched by ``align_events`` that happened lie within
-    ``tolerance_decades`` of each other (spread = largest pairwise separation).
+    time scales align when every event matched by ``align_events`` happened and they lie within
+    ``tolerance_decades`` of each other (spread = largest pairwise separation). They do not
+    align when the events that happened already span more; otherwise the verdict is
+    undetermined, and names the events it could not compare (did not happen, saturated: the
+    estimator at its ceiling, or not measured).
 
     Parameters
     ----------
@@ -189,7 +192,11 @@ def segment(
         - ``phase`` (step): "fitting", "compression", "converged" (or "unknown").
         - ``boundary_step`` (boundary): steps where compression and converged phases start.
         - ``separation`` (event, event_b): separations in decades (NaN where either is NaN).
-        - ``aligned`` (bool), ``alignment_spread`` (decades), ``alignment_n`` (int).
+        - ``alignment_verdict`` (str): "aligned", "not aligned" or "undetermined";
+          ``aligned`` (bool, True only for "aligned"), ``alignment_spread`` (decades, among
+          the events that happened), ``alignment_n`` (int, how many happened). Their attrs
+          name what the verdict rests on: ``compared``, ``did_not_happen``, ``saturated``,
+          ``not_measured`` (comma-separated event names) and the sentence ``summary``.
         - ``change_point`` (curve, cp): change-point steps, NaN-padded; ``n_change_points`` and
           ``change_point_penalty`` (curve).
 
@@ -257,12 +264,18 @@ def segment(
         "long_name": "separation of two events", "units": "decades",
         "description": "|log10 step_a - log10 step_b|; NaN where either event did not happen"})
     sel = _match_events(names, opts["align_events"])
-    aligned, spread, n_al, al_note = _alignment(names[sel], logs[sel],
-                                                opts["tolerance_decades"])
+    verdict, spread, n_al, al_note, basis = _alignment(names[sel], logs[sel], notes[sel],
+                                                       opts["tolerance_decades"])
+    aligned = verdict == "aligned"
     al_attrs = {"events": ", ".join(names[sel]), "tolerance_decades": opts["tolerance_decades"],
-                "summary": al_note}
-    out["aligned"] = ((), aligned, {"long_name": "alignment events within tolerance",
-                                    "units": "", **al_attrs})
+                "summary": al_note, **basis}
+    out["aligned"] = ((), aligned, {
+        "long_name": "alignment events within tolerance", "units": "", **al_attrs,
+        "description": "True only when every alignment event happened and they lie within "
+                       "tolerance; see alignment_verdict"})
+    out["alignment_verdict"] = ((), verdict, {
+        "long_name": "alignment verdict", "units": "", **al_attrs,
+        "rule": _ALIGNMENT_RULE})
     out["alignment_spread"] = ((), spread, {
         "long_name": "largest separation among alignment events", "units": "decades",
         **al_attrs})
@@ -616,19 +629,68 @@ def _match_events(names: np.ndarray, patterns: Sequence[str]) -> np.ndarray:
     return sel
 
 
-def _alignment(names, logs, tol):
-    ok = np.isfinite(logs)
-    missing = [n for n, o in zip(names, ok) if not o]
-    miss = f"; did not happen: {', '.join(missing)}" if missing else ""
-    if ok.sum() < 2:
-        return (False, np.nan, int(ok.sum()),
-                f"undetermined: only {int(ok.sum())} of the alignment events happened{miss}")
+_ALIGNMENT_RULE = (
+    "aligned: every alignment event happened and they span <= tolerance_decades; not aligned: "
+    "the events that happened span > tolerance_decades (whatever the others do); "
+    "undetermined: fewer than 2 happened, or those that happened lie within tolerance but "
+    "others did not happen, are saturated (the estimator at its ceiling or at 0) or were not "
+    "measured, so they could not be compared")
+
+#: Why an event could not be compared, by status (see :func:`event_status`).
+EVENT_STATUSES = ("happened", "did not happen", "saturated", "not measured")
+
+
+def event_status(log10_step: float, note: str) -> str:
+    """Whether an event happened and, if not, why: one of :data:`EVENT_STATUSES`.
+
+    ``"saturated"``: the curve sat at its estimator's ceiling or at 0 (notes starting with
+    "saturated", or a plane whose every layer is saturated); ``"not measured"``: its variable
+    is absent or has fewer than 3 finite points; ``"did not happen"``: measured, and the event
+    is not there.
+    """
+    if np.isfinite(log10_step):
+        return "happened"
+    note = str(note)
+    if note.startswith("saturated") or note.startswith("every layer's I(X;T) is saturated"):
+        return "saturated"
+    if (note.endswith(" absent") or note.startswith("fewer than 3")
+            or note.startswith("no usable")):
+        return "not measured"
+    return "did not happen"
+
+
+def _alignment(names, logs, notes, tol):
+    """Verdict, spread, number compared, a sentence, and the events it rests on."""
+    status = [event_status(lg, nt) for lg, nt in zip(logs, notes)]
+    ok = np.array([s == "happened" for s in status], bool)
+    by = {k: [str(n) for n, s in zip(names, status) if s == k] for k in EVENT_STATUSES}
+    basis = {"compared": ", ".join(by["happened"]),
+             "did_not_happen": ", ".join(by["did not happen"]),
+             "saturated": ", ".join(by["saturated"]),
+             "not_measured": ", ".join(by["not measured"])}
+    missing = [f"{k} ({', '.join(v)})" for k, v in
+               (("did not happen", by["did not happen"]),
+                ("saturated (the estimator at its ceiling or at 0)", by["saturated"]),
+                ("not measured", by["not measured"])) if v]
+    miss = "; ".join(missing)
+    n = int(ok.sum())
+    if n < 2:
+        got = f" ({', '.join(by['happened'])})" if n else ""
+        return ("undetermined", np.nan, n,
+                f"undetermined: only {n} of the {len(names)} alignment events happened{got}"
+                + (f"; could not compare: {miss}" if miss else ""), basis)
     spread = float(logs[ok].max() - logs[ok].min())
-    aligned = spread <= tol
-    verdict = "aligned" if aligned else "not aligned"
-    return (aligned, spread, int(ok.sum()),
-            f"{verdict}: {int(ok.sum())} events span {spread:.2f} decades "
-            f"({'<=' if aligned else '>'} tolerance {tol:g}){miss}")
+    within = spread <= tol
+    span = (f"{', '.join(by['happened'])} span {spread:.2f} decades "
+            f"({'<=' if within else '>'} tolerance {tol:g})")
+    if not within:
+        return ("not aligned", spread, n, f"not aligned: {span}"
+                + (f"; not compared: {miss}" if miss else ""), basis)
+    if miss:
+        return ("undetermined", spread, n,
+                f"undetermined for the events it could not compare: {miss}; the {n} compared "
+                f"events {span}", basis)
+    return "aligned", spread, n, f"aligned: {span}", basis
 
 
 def _change_points(ds, positive, logstep, opts):

@@ -50,6 +50,29 @@ class TrainConfig:
     ckpt_per_decade: int = 40  # log-spaced: transitions unfold over decades of steps
     ckpt_dense_until: int = 20  # every step up to here (the first steps move the most)
     ckpt_every: int = 0  # also every N steps (0 = off); merged with the log schedule
+    # --- interventions that aim to shorten the second phase (README, "Shortening the second
+    # phase"); each is off by default, and off leaves training bit-identical to a run without it
+    # Grokfast-EMA (Lee et al. 2024, arXiv 2405.20233): between backward and the step, keep
+    # g_ema <- alpha g_ema + (1 - alpha) g (started from the first gradient) and step with
+    # g + lambda g_ema, amplifying the slow component of the gradient. alpha 0.98 is the
+    # reference code's default; lambda 0 turns it off (the reference code's default is 2.0).
+    grokfast_alpha: float = 0.98
+    grokfast_lambda: float = 0.0
+    # Omnigrok (Liu et al. 2022): after every step rescale all parameters so their total L2
+    # norm stays fixed: "init" (the norm at initialisation) or a number (the initial
+    # parameters are rescaled onto it before step 0). None (off): weight decay alone moves it.
+    norm_constraint: float | str | None = None
+    # The nonlinear information bottleneck (Kolchinsky, Tracey and Wolpert 2019) as an explicit
+    # compression term: loss + nib_beta x the Kolchinsky-Tracey upper bound on I(X;T), in
+    # bits, of the module nib_layer's output on the minibatch, with noise sigma =
+    # nib_resolution x the layer's spread (mean 10th-neighbour distance on the batch, as the
+    # analysis's kde_rel; held constant in the gradient: trainers.interventions says why).
+    # beta 0 is off: standard training never optimises I(X;T) directly, which is the claim
+    # this tests. nib_layer None is the model's first hidden layer ("acts.0" for the MLP,
+    # "blocks.0.act" for the transformer); resolution 1 is kde_rel's middle resolution.
+    nib_beta: float = 0.0
+    nib_layer: str | None = None
+    nib_resolution: float = 1.0
 
     def validate(self) -> TrainConfig:
         """Check every field; return self. Raises ValidationError naming the field."""
@@ -77,6 +100,18 @@ class TrainConfig:
         check_int("ckpt_per_decade", self.ckpt_per_decade, min=0)
         check_int("ckpt_dense_until", self.ckpt_dense_until, min=0)
         check_int("ckpt_every", self.ckpt_every, min=0)
+        check_float("grokfast_alpha", self.grokfast_alpha, min=0.0, max=1.0, max_inclusive=False)
+        check_float("grokfast_lambda", self.grokfast_lambda, min=0.0)
+        self.norm_constraint = _check_norm_constraint(self.norm_constraint)
+        check_float("nib_beta", self.nib_beta, min=0.0)
+        if self.nib_layer is not None and (not isinstance(self.nib_layer, str)
+                                           or not self.nib_layer):
+            raise ValidationError(f"nib_layer must be None or a module name of the model "
+                                  f"(e.g. 'acts.0'), got {self.nib_layer!r}")
+        check_float("nib_resolution", self.nib_resolution, min=0.0, min_inclusive=False)
+        if self.nib_beta and self.batch_size == 1:
+            raise ValidationError("batch_size must be 0 or >= 2 when nib_beta > 0 (the I(X;T) "
+                                  "bound compares the rows of a batch), got 1")
         for name in ("task_args", "model_args"):
             if not isinstance(getattr(self, name), dict):
                 raise ValidationError(f"{name} must be a dict, got {getattr(self, name)!r}")
@@ -96,6 +131,17 @@ class TrainConfig:
                 f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
             )
         return cls(**d).validate()
+
+
+def _check_norm_constraint(value):
+    """None, "init", or a finite number > 0 (returned as float)."""
+    if value is None or value == "init":
+        return value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ValidationError(f"norm_constraint must be None, 'init' or a finite number > 0, got "
+                          f"{value!r}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

@@ -3,13 +3,16 @@
 ``train(cfg, out)`` builds the task and the model, then runs the optimizer for ``cfg.steps``
 updates, saving a checkpoint (parameters, train/test loss and accuracy, learning rate, wall
 time, optimizer and RNG state) at every step of the schedule through :class:`ckptlab.Recorder`.
-Step ``s`` is the model after ``s`` updates: step 0 is the initialisation.
+Step ``s`` is the model after ``s`` updates: step 0 is the initialisation. The interventions of
+:mod:`trainers.interventions` (Grokfast, a norm constraint, a compression term) enter the loop
+at the three places marked, only when the config turns them on.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +25,8 @@ from ckptlab.models import build_model
 from ckptlab.store import Recorder, Run
 
 from .config import TrainConfig, checkpoint_steps, lr_at
+from .interventions import (GrokfastEMA, NIBPenalty, constrain_norm_, resolve_nib_layer,
+                            total_norm)
 from .tasks import TaskData, make_task
 
 __all__ = ["train", "TrainResult", "build_task", "model_spec_for"]
@@ -115,6 +120,29 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _norm_target(cfg: TrainConfig, model) -> float | None:
+    """The total parameter norm the constraint keeps: the initial one, a given one, or None."""
+    if cfg.norm_constraint is None:
+        return None
+    if cfg.norm_constraint == "init":
+        return float(total_norm(model.parameters()))
+    return float(cfg.norm_constraint)
+
+
+def _intervention_metrics(model, grokfast, nib, norm_target) -> dict:
+    """What the interventions that are on did, for the checkpoint's metrics (none when off):
+    the filtered and raw gradient norms and the penalty of the update that led here, and the
+    total parameter norm."""
+    out = {}
+    if grokfast is not None:
+        out.update(grokfast.metrics())
+    if nib is not None:
+        out.update(nib.metrics())
+    if norm_target is not None:
+        out["param_norm"] = float(total_norm(model.parameters()))
+    return out
+
+
 def get_batch(cfg, x, y, gen: torch.Generator):
     """Full batch, or a minibatch drawn with the run's own generator (resumable)."""
     if not cfg.batch_size or cfg.batch_size >= len(x):
@@ -189,12 +217,24 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
     task = build_task(cfg)
     spec = model_spec_for(cfg, task)
     model = build_model(spec, seed=cfg.seed).to(device=device, dtype=dtype)
+    # the interventions (each None when off); a bad nib_layer fails here, before any archive
+    grokfast = (GrokfastEMA(model, alpha=cfg.grokfast_alpha, lamb=cfg.grokfast_lambda)
+                if cfg.grokfast_lambda else None)
+    if cfg.nib_layer is not None:
+        resolve_nib_layer(model, cfg.nib_layer)  # checked even when the term is off
+    nib = (NIBPenalty(model, cfg.nib_layer, beta=cfg.nib_beta, resolution=cfg.nib_resolution)
+           if cfg.nib_beta else None)
+    norm_target = _norm_target(cfg, model)  # from the initialisation, so also when resuming
     opt = _optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if resume:
         model.load_state_dict({k: v.to(device) for k, v in run.state_dict(at).items()})
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
+        if grokfast is not None:
+            grokfast.load_state_dict(state.get("grokfast_ema"))
+    elif isinstance(cfg.norm_constraint, float):  # a given norm holds from step 0 on
+        constrain_norm_(model.parameters(), norm_target)
     x_tr, y_tr, x_te, y_te = _tensors(task, dtype, device)
     schedule = checkpoint_steps(
         cfg.steps,
@@ -242,18 +282,22 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
                     "test_acc": te_acc,
                     "lr": lr_at(cfg, step),  # of the next update (warm-up, schedule)
                     "wall_time": wall0 + time.perf_counter() - t0,
+                    **_intervention_metrics(model, grokfast, nib, norm_target),
                 }
                 if not math.isfinite(tr_loss):
                     raise TrainingDivergedError(
                         f"training diverged at step {step}: train loss is {tr_loss}; the "
                         f"checkpoints before it are kept in {out!s}"
                     )
+                state = {"step": step, "generator": gen.get_state()}
+                if grokfast is not None:  # its moving average, so a resume is bit-identical
+                    state["grokfast_ema"] = grokfast.state_dict()
                 rec.save(
                     step,
                     model,
                     metrics=metrics,
                     optimizer=opt,
-                    state={"step": step, "generator": gen.get_state()},
+                    state=state,
                     keep_state=True if step == cfg.steps else None,
                 )
                 bar.update(step - bar.n)
@@ -262,7 +306,11 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
             if step == cfg.steps:
                 break
             xb, yb = get_batch(cfg, x_tr, y_tr, gen)
-            loss = _loss(cfg, model(xb), yb)
+            with nib.capture() if nib is not None else nullcontext():
+                logits = model(xb)
+            loss = _loss(cfg, logits, yb)
+            if nib is not None:  # compression term: beta x an upper bound on I(X;T) of the layer
+                loss = loss + nib.penalty()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"training diverged at step {step}: train loss is {loss.item()}; the "
@@ -270,8 +318,12 @@ def _train(cfg, out, *, resume, overwrite, progress, start_step, at, run, state)
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grokfast is not None:  # step with g + lambda * EMA(g)
+                grokfast.filter_()
             set_lr(opt, lr_at(cfg, step))
             opt.step()
+            if norm_target is not None:  # Omnigrok: back to the fixed total norm
+                constrain_norm_(model.parameters(), norm_target)
     finally:
         bar.close()
         rec.close()

@@ -500,8 +500,32 @@ def _plan(root: Path, spec: dict) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the seeds
 
+def _exit_with_parent() -> None:
+    """In a local process-pool worker, exit when the study's process is gone.
+
+    A study killed with SIGTERM (``kill``, a job scheduler) cannot shut its pool down, and the
+    workers would go on training for minutes, holding the archives' writer locks; the archive
+    a worker leaves is resumable by the next run. Ctrl-C reaches the workers anyway.
+    """
+    import multiprocessing
+    import threading
+
+    if multiprocessing.parent_process() is None:  # threads, synchronous, a Dask cluster
+        return
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if not any(t.name == "ckptlab-study-parent-watch" for t in threading.enumerate()):
+        threading.Thread(target=watch, name="ckptlab-study-parent-watch", daemon=True).start()
+
+
 def _seed_task(config: dict, path: str, analysis: dict, segment_kw: dict) -> dict:
     """Train (or finish) one seed, analyse and segment it. Runs inside a Dask worker."""
+    _exit_with_parent()
     cfg = TrainConfig.from_dict(config)
     p = Path(path)
     action = _action(p, cfg)

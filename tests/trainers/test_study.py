@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -280,3 +285,46 @@ def test_seeds_run_on_a_dask_cluster(done, tmp_path):
     ref = done[1].events.isel(seed=slice(0, 2))
     np.testing.assert_allclose(res.events["event_step"].values, ref["event_step"].values,
                                equal_nan=True)  # the same seeds give the same events
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process parents in /proc")
+def test_killed_study_leaves_no_process_workers_training(tmp_path):
+    # SIGTERM gives the study no chance to shut its pool down; its workers must still exit
+    # (they noticed their parent is gone), so no one goes on writing the archives.
+    out = tmp_path / "st"
+    cmd = [sys.executable, "-m", "cli", "study", "quick-grok", "--seeds", "2", "--out", str(out),
+           "--set", "steps=200000", "--metrics", "weights", "--scheduler", "processes",
+           "--workers", "2", "--no-figure"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "seed1.zarr").exists() or len(_children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "study did not start"
+            time.sleep(0.2)
+        workers = [p for p in _children(proc.pid)
+                   if "multiprocessing" in open(f"/proc/{p}/cmdline").read()]
+        assert workers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{p}") for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in workers if os.path.exists(f"/proc/{p}")]
+    for p in alive:  # do not leave them to the rest of the suite
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the study"

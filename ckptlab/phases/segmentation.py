@@ -34,6 +34,7 @@ EVENT_TYPES = (
     "plane_settled",
     "lc_peak",
     "lmn_peak",
+    "weight_norm_peak",
 )
 
 #: Phase labels, in their order in time. "unknown" only when nothing tells where fitting ends.
@@ -116,6 +117,9 @@ def segment(
       ``min_settled_decades``.
     - ``lc_peak[split,radius]`` (total local complexity; summed from ``lc`` if ``lc_total`` is
       absent) and ``lmn_peak``: the most prominent interior local maximum.
+    - ``weight_norm_peak``: the turn of the total parameter norm (``weight_norm``), its most
+      prominent interior local maximum: where weight decay starts to shrink the weights that
+      fitting grew (NaN when the norm only rises or only falls).
 
     Phases (label per step): ``fitting`` before the compression start, ``compression`` up to
     the converged start, ``converged`` after. Compression starts at ``fit_end``; if the run has
@@ -409,6 +413,12 @@ def _detect_events(ds, positive, logstep, opts):
             "lmn absent" if "lmn" not in ds else "fewer than 3 finite points")
     else:
         add("lmn_peak", "lmn_peak", *ev.peak_event(lmn, "linear mapping number"))
+    wn = single("weight_norm")
+    if wn is None:
+        add("weight_norm_peak", "weight_norm_peak", np.nan,
+            "weight_norm absent" if "weight_norm" not in ds else "fewer than 3 finite points")
+    else:
+        add("weight_norm_peak", "weight_norm_peak", *ev.peak_event(wn, "total parameter norm"))
     return found, fit_data, gen_open
 
 

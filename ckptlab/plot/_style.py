@@ -27,6 +27,7 @@ EVENT_STYLES = {
     "plane_settled": ("#8c564b", "-."),
     "lc_peak": ("#17becf", "--"),
     "lmn_peak": ("#e377c2", ":"),
+    "weight_norm_peak": ("#7f7f7f", "-."),
 }
 
 

@@ -220,6 +220,18 @@ def test_lc_and_lmn_peaks(run):
     assert abs(ev(seg, "lmn_peak") - 3.5) < TOL
 
 
+def test_weight_norm_peak_is_the_turn_of_the_parameter_norm(run):
+    _, seg = run  # the fixture's norm only rises: no turn
+    assert np.isnan(ev(seg, "weight_norm_peak"))
+    assert "local maximum" in seg["event_note"].sel(event="weight_norm_peak").item()
+    ds = make_run(seed=5)
+    s = np.log10(np.maximum(ds["step"].values, 1))
+    ds["weight_norm"] = ("step", 40 + 15 * np.exp(-0.5 * ((s - 2.7) / 0.4) ** 2)
+                         + np.random.default_rng(5).normal(0, 0.1, s.size),
+                         ds["weight_norm"].attrs)
+    assert abs(ev(segment(ds), "weight_norm_peak") - 2.7) < TOL
+
+
 def test_lc_total_is_summed_from_per_layer_lc_when_absent():
     ds = make_run(seed=4)
     half = ds["lc_total"].values / 2

@@ -30,6 +30,7 @@ EVENT_TYPES = (
     "second_descent_start",
     "generalisation_onset",
     "generalisation_end",
+    "test_acc_reached",
     "mi_peak",
     "plane_settled",
     "lc_peak",
@@ -73,6 +74,7 @@ def segment(
     level_fraction: float = 0.95,
     generalisation_fraction: float = 0.9,
     end_fraction: float = 0.99,
+    test_acc_level: float = 0.95,
     descent_fraction: float = 0.1,
     smooth: float = 0.1,
     snr: float = 3.0,
@@ -109,6 +111,8 @@ def segment(
       smoothed end values can. If test accuracy is still rising at the last checkpoint (the
       median of the last 3 checkpoints exceeds a1 by more than the larger of the noise
       threshold and (1 - ``end_fraction``) * (a1 - a0)), ``generalisation_end`` is NaN.
+    - ``test_acc_reached``: the first checkpoint whose raw test accuracy is at least
+      ``test_acc_level`` (an absolute level, as grokking papers report "steps to 95%").
     - ``mi_peak[estimator,layer]``: the rightmost point of the information plane, the maximum
       of smoothed I(X;T), when it is reached by a rise and followed by a fall.
     - ``plane_settled[estimator]``: the information-plane trajectory of all layers (I(X;T) and,
@@ -155,6 +159,8 @@ def segment(
         Fraction of its total fall after which train loss counts as levelled off, in (0, 1].
     generalisation_fraction : float, default 0.9
         Fraction of the test-accuracy rise that marks ``generalisation_onset``, in (0, 1).
+    test_acc_level : float, default 0.95
+        Test accuracy that marks ``test_acc_reached``, in (0, 1].
     end_fraction : float, default 0.99
         Fraction of the test-accuracy rise that marks ``generalisation_end``, in
         [``generalisation_fraction``, 1].
@@ -223,6 +229,7 @@ def segment(
     opts = _validate_options(
         fit_threshold=fit_threshold, level_fraction=level_fraction,
         generalisation_fraction=generalisation_fraction, end_fraction=end_fraction,
+        test_acc_level=test_acc_level,
         descent_fraction=descent_fraction, smooth=smooth, snr=snr, settle_tol=settle_tol,
         min_settled_decades=min_settled_decades, penalty=penalty, cp_per_decade=cp_per_decade,
         tolerance_decades=tolerance_decades, align_events=align_events,
@@ -373,6 +380,8 @@ def _detect_events(ds, positive, logstep, opts):
                                    end_fraction=opts["end_fraction"])
     for name, (t, note) in gen.items():
         add(name, name, t, note)
+    add("test_acc_reached", "test_acc_reached",
+        *_first_reaching(ds, "test_acc", positive, logstep, opts["test_acc_level"]))
     gen_open = False  # test accuracy rises but does not finish rising inside the run
     if test_acc is not None and np.isnan(gen["generalisation_end"][0]):
         a0, a1 = ev.rise_levels(test_acc)
@@ -433,6 +442,8 @@ def _validate_options(**o) -> dict:
         "generalisation_fraction": check_float(
             "generalisation_fraction", o["generalisation_fraction"], min=0, max=1,
             min_inclusive=False, max_inclusive=False),
+        "test_acc_level": check_float("test_acc_level", o["test_acc_level"], min=0, max=1,
+                                      min_inclusive=False),
         "descent_fraction": check_float("descent_fraction", o["descent_fraction"], min=0,
                                         max=1, min_inclusive=False, max_inclusive=False),
         "smooth": check_float("smooth", o["smooth"], min=0, max=2),
@@ -458,6 +469,18 @@ def _validate_options(**o) -> dict:
     out["change_point_vars"] = (DEFAULT_CHANGE_POINT_VARS if cpv is None
                                 else _check_str_seq("change_point_vars", cpv, allow_empty=True))
     return out
+
+
+def _first_reaching(ds, name, positive, logstep, level):
+    """(log10 step, note) of the first checkpoint (step > 0) whose raw ``name`` is >= level."""
+    if name not in ds or ds[name].ndim != 1:
+        return np.nan, f"{name} absent"
+    vals = np.asarray(ds[name].values, dtype=float)[positive]
+    hit = np.flatnonzero(vals >= level)
+    if not hit.size:
+        top = np.nanmax(vals) if np.isfinite(vals).any() else np.nan
+        return np.nan, f"{name} never reaches {level:g} (largest {top:.3g})"
+    return float(logstep[hit[0]]), f"{name} first >= {level:g} (raw, {vals[hit[0]]:.3g})"
 
 
 def _check_str_seq(name: str, value, *, allow_empty: bool) -> tuple[str, ...]:

@@ -220,6 +220,17 @@ def test_lc_and_lmn_peaks(run):
     assert abs(ev(seg, "lmn_peak") - 3.5) < TOL
 
 
+def test_test_acc_reached_is_the_first_raw_checkpoint_at_the_level(run):
+    ds, seg = run
+    acc, steps = ds["test_acc"].values, ds["step"].values
+    first = steps[(steps > 0) & (acc >= 0.95)][0]
+    assert ev(seg, "test_acc_reached") == pytest.approx(np.log10(first))
+    high = segment(ds, test_acc_level=1.0)
+    assert np.isnan(ev(high, "test_acc_reached")) == (acc.max() < 1.0)
+    with pytest.raises(ValidationError, match="test_acc_level"):
+        segment(ds, test_acc_level=0)
+
+
 def test_weight_norm_peak_is_the_turn_of_the_parameter_norm(run):
     _, seg = run  # the fixture's norm only rises: no turn
     assert np.isnan(ev(seg, "weight_norm_peak"))

@@ -573,7 +573,7 @@ class _Runner:
         if fmt.ANALYSIS in root:
             g = root[fmt.ANALYSIS]
             for name, fam in families.items():
-                key = family_key(name, fam.params)
+                key = family_key(name, fam.key_params())
                 if key in g and "done" in g[key]:
                     chunks.add(int(g[key]["done"].chunks[0]))
         if chunks:
@@ -581,7 +581,7 @@ class _Runner:
             self.chunk = lcm if lcm <= 1024 else max(chunks)
         caches = {}
         for name, fam in families.items():
-            key = family_key(name, fam.params)
+            key = family_key(name, fam.key_params())
             caches[name] = FamilyCache(root, key, name, fam.params, fam.coords,
                                        _var_dims(type(fam)), self.run.steps, self.chunk,
                                        self.run_id, path=self.run.path)

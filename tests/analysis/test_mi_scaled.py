@@ -147,3 +147,34 @@ def test_figures_show_what_measures_and_say_so(relu_run, tmp_path):
     assert first.get_xscale() == "log" and len(first.get_lines()) >= 3  # steps + ceiling
     with pytest.raises(Exception, match="estimator must be one of"):
         plot_resolution_curve(ds, estimator="binning")
+
+
+def test_renyi_cache_keys_do_not_hash_the_eigensolver_ceiling(relu_run, tmp_path, monkeypatch):
+    # S_alpha(A_X) comes from eigvalsh, whose last bits change with the BLAS thread count:
+    # were it in the key, a study's worker processes and the user's own process would each
+    # store (and recompute) their own copy of the Renyi analyses.
+    import shutil
+
+    import ckptlab.analysis.families.mi as mi_fam
+    import ckptlab.analysis.families.mi_scaled as mi_scaled
+
+    path = tmp_path / "run.zarr"
+    shutil.copytree(relu_run, path)
+    kw = dict(metrics=("mi",), estimators=("renyi", "renyi_norm"), renyi_samples=60,
+              scheduler="synchronous", progress=False)
+    first = analyze(path, **kw)
+    groups = sorted(p.name for p in (path / "analysis").iterdir() if p.is_dir())
+    real = mi_fam.renyi_ceilings
+
+    def nudged(*args):
+        return {k: v * (1 + 1e-13) for k, v in real(*args).items()}
+
+    monkeypatch.setattr(mi_fam, "renyi_ceilings", nudged)
+    monkeypatch.setattr(mi_scaled, "renyi_ceilings", nudged)
+    calls = []
+    for fam in (mi_fam.MIRenyi, mi_scaled.MIRenyiNormalised):
+        monkeypatch.setattr(fam, "compute", lambda self, block: calls.append(1))
+    again = analyze(path, **kw)
+    assert not calls, "a stored Renyi analysis was recomputed"
+    assert sorted(p.name for p in (path / "analysis").iterdir() if p.is_dir()) == groups
+    xr.testing.assert_allclose(first["mi_xt"], again["mi_xt"])

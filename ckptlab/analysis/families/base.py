@@ -157,8 +157,12 @@ class Family:
     options: ClassVar[dict] = {}
     note: ClassVar[str] = ""  # one line on what the numbers are, stored in the attrs
 
-    params: dict  # the cache key's parameters (JSON)
+    params: dict  # the family's parameters (JSON): the cache key, and its outputs' attrs
     coords: dict  # labels of the dims this family introduces
+    #: Entries of ``params`` computed from the others (not choices): left out of the cache key
+    #: where their last bits depend on the machine (a BLAS eigensolver's thread count), which
+    #: would otherwise make every process's key its own and recompute a stored analysis.
+    derived: ClassVar[tuple] = ()
 
     def __init__(self, setup: Setup):
         raise NotImplementedError
@@ -168,6 +172,10 @@ class Family:
         """Values without a step dim: ``{(var, label): (value, long_name, units, stack_dim)}``,
         stacked along ``stack_dim`` under ``label`` (MI: each estimator's ceilings)."""
         return {}
+
+    def key_params(self) -> dict:
+        """What the cache key hashes: ``params`` without the :attr:`derived` entries."""
+        return {k: v for k, v in self.params.items() if k not in self.derived}
 
     def prepare(self, runner) -> None:
         """A pre-pass over the checkpoints, when the family needs one (fixed binning range)."""

@@ -208,6 +208,7 @@ class MIRenyi(_MIFamily):
     """
 
     name = "mi-renyi"
+    derived = ("ceiling",)  # S_alpha(A_X) from an eigensolver: not part of the key
     estimator = "renyi"
     note = "matrix-based Renyi alpha-entropy, Silverman-type kernel width gamma N^(-1/(4+d))"
     outputs = mi_outputs("renyi")

@@ -110,6 +110,7 @@ class MIRenyiNormalised(_MIFamily):
     2020, invariant to rescaling each unit); the sources' rule stays under ``renyi``."""
 
     name = "mi-renyi-norm"
+    derived = ("ceiling",)  # S_alpha(A_X) from an eigensolver: not part of the key
     estimator = "renyi_norm"
     note = ("matrix-based Renyi alpha-entropy on z-scored units, kernel width "
             "s0 sqrt(d) N^(-1/(4+d)); invariant to rescaling each unit")

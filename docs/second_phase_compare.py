@@ -74,8 +74,12 @@ def study_rows(name: str, root: str):
             run = Run(path)
             m = run.metrics()
             fit.append(float(ev["event_step"].sel(condition=c, seed=s, event="fit_end")))
-            acc.append(float(ev["event_step"].sel(condition=c, seed=s,
-                                                  event="test_acc_reached")))
+            if "test_acc_reached" in ev["event"].values:
+                acc.append(float(ev["event_step"].sel(condition=c, seed=s,
+                                                      event="test_acc_reached")))
+            else:  # a study segmented before that event existed: the same rule, by hand
+                hit = np.flatnonzero((run.steps > 0) & (np.asarray(m["test_acc"]) >= ACC))
+                acc.append(float(run.steps[hit[0]]) if hit.size else np.nan)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = ckptlab.load_analysis(path)

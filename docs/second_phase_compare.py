@@ -74,15 +74,15 @@ def study_rows(name: str, root: str):
             run = Run(path)
             m = run.metrics()
             fit.append(float(ev["event_step"].sel(condition=c, seed=s, event="fit_end")))
-            if "test_acc_reached" in ev["event"].values:
-                acc.append(float(ev["event_step"].sel(condition=c, seed=s,
-                                                      event="test_acc_reached")))
-            else:  # a study segmented before that event existed: the same rule, by hand
-                hit = np.flatnonzero((run.steps > 0) & (np.asarray(m["test_acc"]) >= ACC))
-                acc.append(float(run.steps[hit[0]]) if hit.size else np.nan)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = ckptlab.load_analysis(path)
+            if "test_acc_reached" in ev["event"].values:
+                acc.append(float(ev["event_step"].sel(condition=c, seed=s,
+                                                      event="test_acc_reached")))
+            else:  # a study segmented before that event existed: segment the stored analysis
+                seg = ckptlab.segment(ds, test_acc_level=ACC)
+                acc.append(10 ** float(seg["event_log10_step"].sel(event="test_acc_reached")))
             mi = None
             wn = ds["weight_norm"].values if "weight_norm" in ds else None
             if "mi_xt_rel" in ds:

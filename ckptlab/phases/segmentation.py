@@ -416,18 +416,14 @@ def _detect_events(ds, positive, logstep, opts):
         t, note = (ev.peak_event(c, "total local complexity") if c is not None
                    else (np.nan, "fewer than 3 finite points"))
         add(_name("lc_peak", label), "lc_peak", t, note + lc_source)
-    lmn = single("lmn")
-    if lmn is None:
-        add("lmn_peak", "lmn_peak", np.nan,
-            "lmn absent" if "lmn" not in ds else "fewer than 3 finite points")
-    else:
-        add("lmn_peak", "lmn_peak", *ev.peak_event(lmn, "linear mapping number"))
-    wn = single("weight_norm")
-    if wn is None:
-        add("weight_norm_peak", "weight_norm_peak", np.nan,
-            "weight_norm absent" if "weight_norm" not in ds else "fewer than 3 finite points")
-    else:
-        add("weight_norm_peak", "weight_norm_peak", *ev.peak_event(wn, "total parameter norm"))
+    for var, kind, what in (("lmn", "lmn_peak", "linear mapping number"),
+                            ("weight_norm", "weight_norm_peak", "total parameter norm")):
+        c = single(var)
+        if c is None:
+            add(kind, kind, np.nan,
+                f"{var} absent" if var not in ds else "fewer than 3 finite points")
+        else:
+            add(kind, kind, *ev.peak_event(c, what))
     return found, fit_data, gen_open
 
 

@@ -6,6 +6,7 @@ An archive stores ``{"name": "mlp", "kwargs": {...}}``; the name is looked up in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -16,6 +17,8 @@ from ..errors import ModelSpecError
 from .base import ProbeModel
 from .mlp import MLP
 from .transformer import Transformer
+
+_SEEDED_BUILD = threading.Lock()
 
 __all__ = ["MODEL_REGISTRY", "build_model", "validate_spec"]
 
@@ -102,6 +105,8 @@ def build_model(spec: Mapping, *, seed: int | None = None) -> ProbeModel:
     with torch.device("cpu"):
         if seed is None:
             return cls(**norm["kwargs"])
-        with torch.random.fork_rng(devices=[]):
+        # The global generator is the process's: two threads building at once (a study's seeds
+        # on a threaded scheduler) would draw from each other's seed without the lock.
+        with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
             return cls(**norm["kwargs"])

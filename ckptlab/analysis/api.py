@@ -29,6 +29,7 @@ from ..store import format as fmt
 from .cache import FamilyCache
 from .capture import (
     BatchedModel,
+    narrow_dummy_ok,
     CapturedModel,
     ModelSource,
     check_state_fits,
@@ -416,7 +417,7 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
     float_names = [k for k, v in sd0.items() if v.is_floating_point()]
 
     source = layer_map = first = last = None
-    x_ref = None
+    x_ref, narrow = None, False
     probe = {"x": None, "y": None, "params": None}
     if "model" in needs:
         source = user_source(user_model) if user_model is not None else _archive_source(run)
@@ -433,6 +434,8 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
         if run.n > 1:
             last = CapturedModel(source.build(), layer_map, x_ref, position=opts.position)
             last.load(run.state_dict(run.n - 1))
+        narrow = narrow_dummy_ok([m for m in (first, last) if m is not None],
+                                 first.as_input(data["x_train"][:8]))
     elif user_model is not None:
         user_source(user_model)  # still check what was passed
     setup = Setup(opts=opts, extra=extra, explicit=explicit, data=data, layer_map=layer_map,
@@ -462,7 +465,8 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
     # on top of them oversubscribe the cores (several times slower on a shared machine).
     plan = Plan(path=path, families={**families, **internal}, source=source,
                 layer_map=layer_map, x_ref=x_ref, x_probe=probe["x"], y_probe=probe["y"],
-                position=opts.position, threads=1, device=device, batched=bool(batched))
+                position=opts.position, threads=1, device=device, batched=bool(batched),
+                narrow=narrow)
     if block_size is None:
         block_size = _auto_block_size(run.n, sd0, first, probe["x"], kind, n_workers)
     runner = _Runner(run, plan, block_size, kind, client, n_workers, store, progress)

@@ -200,13 +200,19 @@ class CapturedModel:
         One raw input row ``(1, ...)``. A forward pass that starts from a substituted
         representation still needs an input of the right batch size; this row, repeated, is it
         (:func:`check_cut` makes sure the outputs do not depend on it).
+    narrow : bool, default False
+        Run the modules before a substituted representation on one reference row instead of
+        one per substituted row: their outputs are discarded, so the rows only cost time. Only
+        for models whose code after the cut takes its batch size from the substituted tensor
+        (:func:`narrow_dummy_ok` checks this).
     """
 
     def __init__(self, module: nn.Module, layer_map: LayerMap, x_ref, *,
-                 position: int | None = None):
+                 position: int | None = None, narrow: bool = False):
         self.module = module.eval()
         self.map = layer_map
         self.position = position
+        self.narrow = narrow
         self._mods = dict(module.named_modules())
         self.x_ref = torch.as_tensor(np.asarray(x_ref))
 
@@ -237,7 +243,7 @@ class CapturedModel:
 
     def _dummy(self, n: int) -> Tensor:
         x = self.as_input(self.x_ref[:1])
-        return x.repeat((n,) + (1,) * (x.ndim - 1))
+        return x if self.narrow else x.repeat((n,) + (1,) * (x.ndim - 1))
 
     # ---- the one forward pass everything goes through -------------------------------------
     def forward(self, x: Tensor, *, taps: Sequence[Tap] = (), substitute=None,
@@ -364,9 +370,12 @@ class CapturedModel:
 
         return fn
 
-    def lmn_split(self) -> tuple[Callable, Callable]:
-        """``(to_h, head)``: raw inputs -> the representation at the LMN cut -> logits."""
-        cut = self.map.lmn_from
+    def lmn_split(self, cut: Tap | None = None) -> tuple[Callable, Callable]:
+        """``(to_h, head)``: raw inputs -> the representation at the LMN cut -> logits.
+
+        ``cut`` overrides the layer map's ``lmn_from`` (see :meth:`affine_successor`).
+        """
+        cut = cut if cut is not None else self.map.lmn_from
         if cut is None or cut == self.map.embedding:
             return self.embed, lambda h: self.from_embedding(h)[0]
 
@@ -377,6 +386,49 @@ class CapturedModel:
             return self.forward(self._dummy(len(h)), substitute=(cut, h))[0]
 
         return to_h, head
+
+    def affine_successor(self, cut: Tap, x) -> Tap | None:
+        """The output of the ``nn.Linear`` that takes ``cut``'s output as its input, if one does.
+
+        A straight path between two representations maps through an affine layer onto the
+        straight path between their images, ``W (h_i + lam (h_j - h_i)) + b = z_i + lam (z_j -
+        z_i)``, so the linear mapping matrix cut there is the one cut at ``cut``, without the
+        layer's matmul on every path point. Only a candidate: the caller checks with
+        :meth:`cut_is_complete` that nothing else reads ``cut``'s output.
+        """
+        if cut.position is not None or cut.side != "output":
+            return None
+        seen: dict = {}
+        calls: Counter = Counter()
+        found: list[Tap] = []
+
+        def at_cut(mod, args, out):
+            k = calls[cut.module]
+            calls[cut.module] += 1
+            if k == cut.call:
+                seen["out"] = out
+
+        def linear_pre(name):
+            def hook(mod, args):
+                k = calls[name]
+                calls[name] += 1
+                if not found and args and args[0] is seen.get("out"):
+                    found.append(Tap(module=name, label=f"{cut.label}>{name}", call=k))
+            return hook
+
+        handles = [self._mods[cut.module].register_forward_hook(at_cut)]
+        handles += [mod.register_forward_pre_hook(linear_pre(name))
+                    for name, mod in self._mods.items()
+                    if isinstance(mod, nn.Linear) and name != cut.module]
+        try:
+            with torch.no_grad():
+                self.module(self.as_input(x))
+        except Exception:  # the caller keeps the cut it had
+            return None
+        finally:
+            for h in handles:
+                h.remove()
+        return found[0] if found else None
 
     def cut_is_complete(self, to_h: Callable, head: Callable, x) -> bool:
         """Whether ``head(to_h(x))`` equals the model's logits: nothing bypasses the cut.
@@ -392,6 +444,39 @@ class CapturedModel:
         scale = float(real.abs().max()) if real.numel() else 1.0
         tol = (1e-4 if self.dtype == torch.float32 else 1e-9) * max(scale, 1.0)
         return bool(torch.allclose(via, real, rtol=0.0, atol=tol))
+
+
+def narrow_dummy_ok(models: Sequence[CapturedModel], x) -> bool:
+    """Whether every substituted forward pass gives the same logits with ``narrow`` dummies.
+
+    Tried on ``x`` for each model (the first and the last checkpoint) at every cut the
+    measures substitute at (the embedding, the LMN cut and the affine layer after it); a model
+    whose code after the cut reuses the raw input's batch size fails or differs, and keeps
+    full-size dummies. Leaves each model's ``narrow`` set to the answer.
+    """
+    ok = True
+    for m in models:
+        cuts = [c for c in {m.map.embedding, m.map.lmn_from} if c is not None]
+        nxt = m.map.lmn_from and m.affine_successor(m.map.lmn_from, x)
+        cuts += [nxt] if nxt else []
+        for cut in cuts:
+            try:
+                got = []
+                for narrow in (False, True):
+                    m.narrow = narrow
+                    to_h, head = m.lmn_split(cut)
+                    with torch.no_grad():
+                        got.append(head(to_h(x)))
+                ok &= got[0].shape == got[1].shape and bool(torch.allclose(
+                    got[0], got[1], rtol=1e-5, atol=1e-6 * max(float(got[0].abs().max()), 1.0),
+                    equal_nan=True))
+            except Exception:
+                ok = False
+            if not ok:
+                break
+    for m in models:
+        m.narrow = ok
+    return ok
 
 
 class BatchedModel:
@@ -455,10 +540,10 @@ class BatchedModel:
 
         return fn
 
-    def lmn_split(self) -> tuple[Callable, Callable]:
+    def lmn_split(self, cut: Tap | None = None) -> tuple[Callable, Callable]:
         """``(to_h, head)`` with a leading checkpoint dim on ``h`` and on the logits."""
         cm = self.cm
-        cut = cm.map.lmn_from
+        cut = cut if cut is not None else cm.map.lmn_from
         if cut is None or cut == cm.map.embedding:
             return self.embed, lambda h: self.from_embedding(h)[0]
 

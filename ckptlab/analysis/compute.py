@@ -36,6 +36,7 @@ class Plan:
     threads: int = 1
     device: str = "cpu"
     batched: bool = True  # evaluate a block's checkpoints together (vmap); False: one by one
+    narrow: bool = False  # substituted passes run the modules before the cut on one row
     extra: dict = field(default_factory=dict)
 
 
@@ -84,7 +85,7 @@ class Block:
             plan = self.plan
             module = plan.source.build().to(torch.device(plan.device))
             self._model = CapturedModel(module, plan.layer_map, plan.x_ref,
-                                        position=plan.position)
+                                        position=plan.position, narrow=plan.narrow)
         return self._model
 
     def each(self):

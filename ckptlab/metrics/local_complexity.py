@@ -118,6 +118,12 @@ def _as_bound(name: str, value, dim: int, like: torch.Tensor) -> torch.Tensor | 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+#: Values (vertex coordinates plus pre-activations) one chunk aims at by default: 2^20 float32
+#: values are 4 MiB, about what stays in a core's caches; larger chunks measured 2-2.5x slower
+#: on the digits MLP and a small CNN (the bias adds, ReLUs and min/max run from memory).
+CHUNK_ELEMENTS = 2**20
+
+
 def local_complexity(
     points: torch.Tensor,
     preact_fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
@@ -126,7 +132,7 @@ def local_complexity(
     radius: float,
     lower=None,
     upper=None,
-    chunk_rows: int = 65536,
+    chunk_rows: int | None = None,
     include_output: bool = False,
 ) -> torch.Tensor:
     """Count, per point and layer, the neurons whose zero set cuts a cross-polytope.
@@ -159,9 +165,12 @@ def local_complexity(
     lower, upper : float or array of shape (D,), optional
         Bounds of the data domain; vertices are clipped into them (the source did not clip,
         so its vertices could leave the domain). ``None`` leaves that side unclipped.
-    chunk_rows : int, default 65536
+    chunk_rows : int, optional
         Upper bound on the number of vertex rows forwarded at once, over the whole batch:
         ``ceil(chunk_rows / (2P B))`` points per chunk (at least one), which bounds memory.
+        Default: as many rows as keep one chunk's vertices and pre-activations near
+        :data:`CHUNK_ELEMENTS` values (sized from the first chunk's widths), so the
+        elementwise passes over them run in cache rather than from memory.
     include_output : bool, default False
         Whether the last entry of ``preact_fn``'s result (the logits) is counted as a layer.
         The source counted it; ckptlab does not by default, because the output has no
@@ -227,7 +236,8 @@ def local_complexity(
             f"dimension), got shape {tuple(directions.shape)}"
         )
     radius = check_float("radius", radius, min=0.0, min_inclusive=False)
-    chunk_rows = check_int("chunk_rows", chunk_rows, min=1)
+    auto = chunk_rows is None
+    chunk_rows = CHUNK_ELEMENTS // dim if auto else check_int("chunk_rows", chunk_rows, min=1)
     if not isinstance(include_output, bool):
         raise ValidationError(f"include_output must be a bool, got {include_output!r}")
     if not callable(preact_fn):
@@ -251,8 +261,10 @@ def local_complexity(
     n_layers: int | None = None
     dev = points.device
     with torch.no_grad():
-        for start in range(0, n_points, per_chunk):
+        start = 0
+        while start < n_points:
             x = points[:, start : start + per_chunk]
+            start += per_chunk
             n = x.shape[1]
             verts = (x[:, :, None, :] + offsets).reshape(n_batch, n * n_vert, dim)
             if lo is not None or hi is not None:
@@ -280,6 +292,10 @@ def local_complexity(
                     .to(device=dev)
             chunks.append(counts)
             bad_chunks.append(bad)
+            if auto and len(chunks) == 1:  # now the widths are known
+                width = dim + sum(z[0].numel() // (n * n_vert) if batched else
+                                  z.numel() // (n * n_vert) for z in layers)
+                per_chunk = max(1, math.ceil(CHUNK_ELEMENTS // width / (n_vert * n_batch)))
     counts = torch.cat(chunks, dim=1)
     bad = torch.cat(bad_chunks, dim=1)
     if bool(bad.any()):

@@ -43,15 +43,30 @@ class LinearMappingNumber(Family):
                     "connection or another path bypasses it), so f: h -> logits is not a "
                     "function of h there; pass lmn_from= naming a module every path goes "
                     "through")
+        self.cut = self._affine_cut(setup, cut, x_train[:8])
         self.coords = {}
         self.params = {"n": int(n), "constant_rule": self.constant_rule,
                        "seed": setup.opts.seed, "n_interp": 21,
                        "lmn_from": None if cut is None else cut.to_json()}
 
+    @staticmethod
+    def _affine_cut(setup, cut, x):
+        """The ``nn.Linear`` output right after the cut, where one takes the cut's output and
+        nothing else does: the same matrix (paths map through an affine layer onto paths), one
+        matmul fewer on every path point. None keeps the cut."""
+        models = [m for m in (setup.model, setup.last_model) if m is not None]
+        if cut is None or cut == setup.layer_map.embedding or not models:
+            return None
+        found = {m.affine_successor(cut, x) for m in models}
+        nxt = found.pop() if len(found) == 1 else None
+        if nxt is None or not all(m.cut_is_complete(*m.lmn_split(nxt), x) for m in models):
+            return None
+        return nxt
+
     def compute(self, block):
         vals = np.full(block.m, np.nan)
         if block.batched is not None:
-            to_h, head = block.batched.lmn_split()
+            to_h, head = block.batched.lmn_split(self.cut)
             with torch.no_grad():
                 vals = np.asarray(lmn_k.linear_mapping_number(
                     to_h(self.x), head, constant_rule=self.constant_rule), dtype=np.float64)
@@ -60,7 +75,7 @@ class LinearMappingNumber(Family):
         for i in block.each():
             if not block.finite[i]:
                 continue
-            to_h, head = block.model.lmn_split()
+            to_h, head = block.model.lmn_split(self.cut)
             with torch.no_grad():
                 vals[i] = float(lmn_k.linear_mapping_number(
                     to_h(self.x), head, constant_rule=self.constant_rule))

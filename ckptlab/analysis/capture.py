@@ -479,6 +479,11 @@ def narrow_dummy_ok(models: Sequence[CapturedModel], x) -> bool:
     return ok
 
 
+#: Values per batched call the chunked views aim at: 2^20 float32 values (4 MiB) stay in a
+#: core's caches, where larger calls run their elementwise passes from memory.
+CHUNK_ELEMENTS = 2**20
+
+
 class BatchedModel:
     """m checkpoints of one model evaluated together: ``functional_call`` under ``vmap``.
 
@@ -499,20 +504,30 @@ class BatchedModel:
         self.state = dict(state)
         self.m = int(next(iter(self.state.values())).shape[0])
 
-    def representations(self, x, taps: Sequence[Tap], *, chunk_rows: int = 65536) -> dict:
-        """``label -> (m, N, d)`` for raw inputs ``x`` shared by every checkpoint."""
+    def representations(self, x, taps: Sequence[Tap], *, chunk_rows: int | None = None) -> dict:
+        """``label -> (m, N, d)`` for raw inputs ``x`` shared by every checkpoint.
+
+        ``chunk_rows`` inputs per call; default: about ``CHUNK_ELEMENTS`` captured values per
+        call over all checkpoints (sized from a first call on a few rows), which keeps the
+        layers' elementwise passes in cache.
+        """
         cm = self.cm
         x = cm.as_input(x)
 
         def one(params, xc):
             return cm.forward(xc, taps=taps, need_logits=False, params=params)[1]
 
-        per = max(1, chunk_rows // self.m)
+        per = chunk_rows or min(len(x), 16)
         parts: dict[str, list] = {t.label: [] for t in taps}
-        for a in range(0, len(x), per):
+        a = 0
+        while a < len(x):
             out = vmap(one, in_dims=(0, None))(self.state, x[a:a + per])
+            a += per
             for k, v in out.items():
                 parts[k].append(v)
+            if chunk_rows is None and len(parts[taps[0].label]) == 1:
+                width = sum(int(v[0].numel()) // max(1, int(v.shape[1])) for v in out.values())
+                per = max(1, CHUNK_ELEMENTS // (self.m * max(width, 1)))
         return {k: torch.cat(v, dim=1) if len(v) > 1 else v[0] for k, v in parts.items()}
 
     def embed(self, x) -> Tensor:
@@ -524,12 +539,19 @@ class BatchedModel:
         return self.representations(x, [e])[e.label]
 
     def from_embedding(self, e: Tensor, taps: Sequence[Tap] = ()) -> tuple[Tensor, dict]:
-        """Logits ``(m, M, C)`` and taps from per-checkpoint embedded rows ``e`` ``(m, M, D)``."""
+        """Logits ``(m, M, C)`` and taps from per-checkpoint embedded rows ``e`` ``(m, M, D)``.
+
+        Rows shared by every checkpoint (``e`` expanded from one ``(1, M, D)``, stride 0) go in
+        once: the first layer is then one matmul against every checkpoint's weights at once
+        (one convolution with every checkpoint's filters) instead of m small ones.
+        """
         cm = self.cm
 
         def one(params, ei):
             return cm.from_embedding(ei, taps, params=params)
 
+        if e.ndim >= 1 and e.stride(0) == 0:
+            return vmap(one, in_dims=(0, None))(self.state, e[0])
         return vmap(one, in_dims=(0, 0))(self.state, e)
 
     def preact_fn(self, taps: Sequence[Tap]) -> Callable[[Tensor], list[Tensor]]:

@@ -46,10 +46,6 @@ def _open(path: str, n_hint: int) -> Run:
     return Run(path)
 
 
-def _finite(sd: dict) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in sd.values() if t.is_floating_point())
-
-
 class Block:
     """Checkpoints ``[start, stop)`` as the families see them.
 
@@ -72,10 +68,14 @@ class Block:
         self.m = len(next(iter(params.values()))) if params else 0
         self._states = [{k: torch.from_numpy(np.ascontiguousarray(params[k][i])) for k in names}
                         for i in range(self.m)]
-        self.finite = np.array([_finite(sd) for sd in self._states], dtype=bool)
+        self.finite = np.ones(self.m, dtype=bool)
+        for v in params.values():  # one pass per parameter over the block, not per checkpoint
+            if np.issubdtype(v.dtype, np.floating) and v.size:
+                self.finite &= np.isfinite(v.reshape(self.m, -1)).all(1)
         self.y_probe = plan.y_probe
         self._model = None
         self._hidden = None
+        self._reps = None
         self._batched = None
 
     @property
@@ -109,22 +109,28 @@ class Block:
         return self._batched
 
     @property
+    def reps(self) -> dict:
+        """``label -> (m, N, d)`` hidden representations of the probe set, as computed (the
+        model's dtype and device)."""
+        if self._reps is None:
+            taps = self.plan.layer_map.layers
+            with torch.no_grad():
+                if self.batched is not None:
+                    self._reps = self.batched.representations(self.plan.x_probe, taps)
+                else:
+                    parts = {t.label: [] for t in taps}
+                    for _ in self.each():
+                        for k, v in self.model.representations(self.plan.x_probe,
+                                                               taps).items():
+                            parts[k].append(v)
+                    self._reps = {k: torch.stack(v) for k, v in parts.items()}
+        return self._reps
+
+    @property
     def hidden(self) -> dict:
         """``label -> (m, N, d)`` float64 hidden representations of the probe set."""
         if self._hidden is None:
-            taps = self.plan.layer_map.layers
-            if self.batched is not None:
-                with torch.no_grad():
-                    rep = self.batched.representations(self.plan.x_probe, taps)
-                self._hidden = {k: v.double().cpu().numpy() for k, v in rep.items()}
-                return self._hidden
-            parts = {t.label: [] for t in taps}
-            for _ in self.each():
-                with torch.no_grad():
-                    rep = self.model.representations(self.plan.x_probe, taps)
-                for k, v in rep.items():
-                    parts[k].append(v.double().cpu().numpy())
-            self._hidden = {k: np.stack(v) for k, v in parts.items()}
+            self._hidden = {k: v.double().cpu().numpy() for k, v in self.reps.items()}
         return self._hidden
 
 

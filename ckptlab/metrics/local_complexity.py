@@ -225,6 +225,7 @@ def local_complexity(
     batch_shape = tuple(points.shape[:-2])
     batched = bool(batch_shape)
     n_points, dim = points.shape[-2:]
+    shared = batched and all(st == 0 for st in points.stride()[:-2])
     points = points.reshape((-1, n_points, dim))  # (B, N, D); B = 1 unbatched
     n_batch = points.shape[0]
     directions = as_tensor(
@@ -237,7 +238,8 @@ def local_complexity(
         )
     radius = check_float("radius", radius, min=0.0, min_inclusive=False)
     auto = chunk_rows is None
-    chunk_rows = CHUNK_ELEMENTS // dim if auto else check_int("chunk_rows", chunk_rows, min=1)
+    if not auto:
+        chunk_rows = check_int("chunk_rows", chunk_rows, min=1)
     if not isinstance(include_output, bool):
         raise ValidationError(f"include_output must be a bool, got {include_output!r}")
     if not callable(preact_fn):
@@ -254,7 +256,8 @@ def local_complexity(
     offsets = radius * torch.cat([dirs, -dirs], dim=0)  # (2P, D)
     n_vert = offsets.shape[0]
     # chunk_rows bounds the rows of one call over the whole batch
-    per_chunk = max(1, math.ceil(chunk_rows / (n_vert * n_batch)))
+    # auto: one point first, to learn the widths the chunk size is made from
+    per_chunk = 1 if auto else max(1, math.ceil(chunk_rows / (n_vert * n_batch)))
 
     chunks: list[torch.Tensor] = []
     bad_chunks: list[torch.Tensor] = []
@@ -266,9 +269,14 @@ def local_complexity(
             x = points[:, start : start + per_chunk]
             start += per_chunk
             n = x.shape[1]
-            verts = (x[:, :, None, :] + offsets).reshape(n_batch, n * n_vert, dim)
+            # points shared by the batch (an expanded view): the vertices once, expanded the
+            # same way, so a batched preact_fn can see that its input is shared
+            xs = x[:1] if shared else x
+            verts = (xs[:, :, None, :] + offsets).reshape(xs.shape[0], n * n_vert, dim)
             if lo is not None or hi is not None:
                 verts = torch.clamp(verts, min=lo, max=hi)
+            if shared:
+                verts = verts.expand(n_batch, -1, -1)
             out = preact_fn(verts if batched else verts[0])
             layers = _check_layers(out, n * n_vert, include_output,
                                    n_batch if batched else None)

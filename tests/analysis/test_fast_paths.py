@@ -138,3 +138,29 @@ def test_narrow_dummies_only_where_the_model_allows_them(tmp_path):
             real = cm.forward(cm.as_input(x))[0]
             np.testing.assert_allclose(head(to_h(x)).numpy(), real.numpy(), rtol=1e-6,
                                        atol=1e-6)
+
+
+def test_lc_of_points_shared_by_the_batch_equals_per_checkpoint_points():
+    """Expanded (stride-0) points: vertices built once, the batched fn sees them shared."""
+    from ckptlab.metrics.local_complexity import cross_polytope_directions, local_complexity
+
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(5, 16, 6), torch.randn(5, 9, 16)
+    seen = []
+
+    def fn(v):  # (B, M, 6) -> pre-activations of every "checkpoint"
+        seen.append(v.stride(0) == 0)
+        z1 = torch.einsum("bmd,bkd->bmk", v, w1)
+        z2 = torch.einsum("bmd,bkd->bmk", torch.relu(z1), w2)
+        return [z1, z2, z2[..., :3]]
+
+    pts = torch.rand(1, 40, 6)
+    dirs = cross_polytope_directions(6, n_directions=6, seed=0)
+    kw = dict(directions=dirs, radius=0.3, lower=0.0, upper=1.0)
+    shared = local_complexity(pts.expand(5, -1, -1), fn, **kw)
+    assert all(seen)
+    seen.clear()
+    own = local_complexity(pts.repeat(5, 1, 1), fn, **kw)
+    assert not any(seen)
+    torch.testing.assert_close(shared, own)
+    assert int(shared.sum()) > 0

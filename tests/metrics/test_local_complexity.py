@@ -291,7 +291,8 @@ def bad_call(**overrides):
         ({"upper": float("inf")}, "upper must be a finite number"),
         ({"include_output": 1}, "include_output must be a bool, got 1"),
         ({"preact_fn": lambda v: v}, "preact_fn must return a non-empty list or tuple"),
-        ({"preact_fn": lambda v: [v[:1], v]}, "preact_fn must return tensors with 16 rows"),
+        ({"preact_fn": lambda v: [v[:1], v]},
+         r"preact_fn must return tensors with \d+ rows \(one per vertex\)"),
         ({"preact_fn": lambda v: [v]}, "include_output=False there is no hidden layer"),
     ],
 )

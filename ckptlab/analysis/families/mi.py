@@ -243,17 +243,26 @@ class ActivationRange(_MIFamily):
                "act_max": Output(("layer",), "layer maximum", "1")}
 
     def compute(self, block):
-        def reduce(fn, a):
-            a = np.where(np.isfinite(a), a, np.nan).reshape(len(a), -1)
-            return fn(a, axis=1)
+        import torch
 
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of diverged steps
-            hid = block.hidden
-            return {"act_min": np.stack([reduce(np.nanmin, hid[k]) for k in self.layers], 1),
-                    "act_max": np.stack([reduce(np.nanmax, hid[k]) for k in self.layers], 1)}
+        # on the representations as computed (no float64 copy): min and max are exact in
+        # any dtype; non-finite values are left out, an all-non-finite checkpoint gives NaN
+        lo, hi = [], []
+        for k in self.layers:
+            a = block.reps[k].reshape(block.m, -1)
+            mn, mx = a.amin(1), a.amax(1)
+            if bool(torch.isfinite(mn).all() and torch.isfinite(mx).all()):
+                lo.append(mn.double().cpu().numpy())
+                hi.append(mx.double().cpu().numpy())
+                continue
+            fin = torch.isfinite(a)
+            inf = torch.tensor(float("inf"), dtype=a.dtype, device=a.device)
+            mn = torch.where(fin, a, inf).amin(1).double()
+            mx = torch.where(fin, a, -inf).amax(1).double()
+            none = ~fin.any(1)
+            lo.append(torch.where(none, float("nan"), mn).cpu().numpy())
+            hi.append(torch.where(none, float("nan"), mx).cpu().numpy())
+        return {"act_min": np.stack(lo, 1), "act_max": np.stack(hi, 1)}
 
 
 def add_saturation(ds):

@@ -430,6 +430,25 @@ class CapturedModel:
                 h.remove()
         return found[0] if found else None
 
+    def widest_output(self, x) -> int:
+        """The most values per input row any leaf module outputs in a forward pass of ``x``
+        (what sizes cache-friendly chunks)."""
+        widest = [0]
+
+        def hook(mod, args, out):
+            if isinstance(out, Tensor) and out.ndim >= 1 and out.shape[0] == len(x):
+                widest[0] = max(widest[0], out.numel() // max(1, out.shape[0]))
+
+        handles = [m.register_forward_hook(hook) for m in self._mods.values()
+                   if not list(m.children())]
+        try:
+            with torch.no_grad():
+                self.module(self.as_input(x))
+        finally:
+            for h in handles:
+                h.remove()
+        return widest[0]
+
     def cut_is_complete(self, to_h: Callable, head: Callable, x) -> bool:
         """Whether ``head(to_h(x))`` equals the model's logits: nothing bypasses the cut.
 

@@ -44,7 +44,8 @@ def linear_mapping_matrix(
     """Linear mapping matrix ``L`` of ``f`` over the samples ``h``.
 
     For every pair ``i < j`` the ``n_interp`` points ``h_i + lam (h_j - h_i)``,
-    ``lam = 0, 1/(n_interp-1), ..., 1``, are pushed through ``f`` (many pairs per call).
+    ``lam = 0, 1/(n_interp-1), ..., 1``, are pushed through ``f`` (many pairs per call; the
+    ends ``lam = 0, 1`` are the samples themselves, whose outputs are computed once).
     For each output ``k``, ``r2_k`` is the squared Pearson correlation between ``lam`` and
     ``f_k`` along the path, and ``L_ij = mean_k r2_k``. ``L_ii = 1`` and ``L`` is symmetric.
 
@@ -121,41 +122,48 @@ def linear_mapping_matrix(
     lam_c = lam - lam.mean()
     s_xx = float((lam_c**2).sum())
     ii, jj = torch.triu_indices(n, n, offset=1, device=h.device)
+    inner = n_interp - 2  # the ends of every path are samples: f of them is computed once
     # chunk_rows bounds the rows of one call over the whole batch
-    per_chunk = max(1, chunk_rows // (n_interp * b))
+    per_chunk = max(1, chunk_rows // (inner * b))
+
+    def call(x: torch.Tensor, rows: int) -> torch.Tensor:
+        y = f(x if batched else x[0])
+        lead = (b, rows) if batched else (rows,)
+        if (not isinstance(y, torch.Tensor) or y.ndim < len(lead)
+                or tuple(y.shape[:len(lead)]) != lead):
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValidationError(
+                f"f must return a tensor with {rows} rows (one per input row"
+                f"{', per batch item' if batched else ''}), got {shape}"
+            )
+        y = y.reshape(b, rows, -1)
+        if y.shape[-1] < 1:
+            raise ValidationError("f must return at least one output per row, got 0")
+        if ends is not None and y.shape[-1] != ends.shape[-1]:
+            raise ValidationError(
+                f"f must return the same number of outputs for every batch, got "
+                f"{ends.shape[-1]} and then {y.shape[-1]}"
+            )
+        return y
 
     values: list[np.ndarray] = []
-    d2: int | None = None
+    ends = None
     with torch.no_grad():
+        ends = call(h, n)  # (b, n, d2): lam = 0 and lam = 1 of every path
+        d2 = ends.shape[-1]
+        tol = rtol if rtol is not None else _RTOL_EPS * _eps(ends.dtype)
+        ends = ends.to(torch.float64)
+        lam_in = lam_h[1:-1, None]
         for start in range(0, ii.numel(), per_chunk):
-            hi, hj = h[:, ii[start : start + per_chunk]], h[:, jj[start : start + per_chunk]]
+            i_c, j_c = ii[start : start + per_chunk], jj[start : start + per_chunk]
+            hi, hj = h[:, i_c], h[:, j_c]
             p = hi.shape[1]
-            path = hi[:, :, None, :] + lam_h[:, None] * (hj - hi)[:, :, None, :]
-            path = path.reshape(b, p * n_interp, -1)
-            y = f(path if batched else path[0])
-            rows = p * n_interp
-            lead = (b, rows) if batched else (rows,)
-            if (not isinstance(y, torch.Tensor) or y.ndim < len(lead)
-                    or tuple(y.shape[:len(lead)]) != lead):
-                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                raise ValidationError(
-                    f"f must return a tensor with {rows} rows (one per input row"
-                    f"{', per batch item' if batched else ''}), got {shape}"
-                )
-            y = y.reshape(b, rows, -1)
-            if d2 is None:
-                d2 = y.shape[-1]
-                if d2 < 1:
-                    raise ValidationError("f must return at least one output per row, got 0")
-            elif y.shape[-1] != d2:
-                raise ValidationError(
-                    f"f must return the same number of outputs for every batch, got {d2} "
-                    f"and then {y.shape[-1]}"
-                )
-            tol = rtol if rtol is not None else _RTOL_EPS * _eps(y.dtype)
-            y = y.reshape(b * p, n_interp, d2).to(torch.float64)
-            values.append(_pair_values(y, lam_c, s_xx, tol, constant_rule)
-                          .reshape(b, p).cpu().numpy())
+            path = hi[:, :, None, :] + lam_in * (hj - hi)[:, :, None, :]
+            y_in = call(path.reshape(b, p * inner, -1), p * inner)
+            y = torch.cat([ends[:, i_c, None], y_in.reshape(b, p, inner, d2).to(torch.float64),
+                           ends[:, j_c, None]], dim=2)
+            values.append(_pair_values(y.reshape(b * p, n_interp, d2), lam_c, s_xx, tol,
+                                       constant_rule).reshape(b, p).cpu().numpy())
 
     out = np.broadcast_to(np.eye(n, dtype=np.float64), (b, n, n)).copy()
     v = np.concatenate(values, axis=1)

@@ -185,7 +185,9 @@ class MLP(ProbeModel):
             return self._check_embedded(x.to(dtype=self._param().dtype), name="x")
         kw = self._kwargs
         ids = self._check_tokens(x, n_tokens=kw["n_tokens"], vocab_size=kw["vocab_size"])
-        return self.embedding(ids).reshape(ids.shape[0], self.embed_width)
+        # rows from the embedding's output, not the ids: the analysis may substitute it
+        e = self.embedding(ids)
+        return e.reshape(e.shape[0], self.embed_width)
 
     def trunk(self, e: Tensor, *, capture: bool = True) -> ModelOutput:
         """Hidden layers and logits from :meth:`embed`'s output ``e`` of shape ``(N, D)``.

@@ -219,7 +219,8 @@ class Transformer(ProbeModel):
         ids = self._check_tokens(x, n_tokens=kw["n_tokens"], vocab_size=kw["vocab_size"])
         eq = torch.full((ids.shape[0], 1), kw["vocab_size"], dtype=ids.dtype, device=ids.device)
         e = self.token_embed(torch.cat([ids, eq], dim=1)) + self.pos_embed
-        return e.reshape(ids.shape[0], self.embed_width)
+        # rows from the embedding's output, not the ids: the analysis may substitute it
+        return e.reshape(e.shape[0], self.embed_width)
 
     def trunk(self, e: Tensor, *, capture: bool = True) -> ModelOutput:
         """Blocks and read-out from :meth:`embed`'s output ``e`` of shape ``(N, S*d_model)``.

@@ -44,6 +44,9 @@ class LinearMappingNumber(Family):
                     "function of h there; pass lmn_from= naming a module every path goes "
                     "through")
         self.cut = self._affine_cut(setup, cut, x_train[:8])
+        # cache-sized calls: about CHUNK_ELEMENTS values in the widest layer's output
+        widest = max(setup.model.widest_output(x_train[:2]), 1) if setup.model else 1
+        self.chunk_rows = max(21, lmn_k.CHUNK_ELEMENTS // widest)
         self.coords = {}
         self.params = {"n": int(n), "constant_rule": self.constant_rule,
                        "seed": setup.opts.seed, "n_interp": 21,
@@ -69,7 +72,8 @@ class LinearMappingNumber(Family):
             to_h, head = block.batched.lmn_split(self.cut)
             with torch.no_grad():
                 vals = np.asarray(lmn_k.linear_mapping_number(
-                    to_h(self.x), head, constant_rule=self.constant_rule), dtype=np.float64)
+                    to_h(self.x), head, constant_rule=self.constant_rule,
+                    chunk_rows=self.chunk_rows), dtype=np.float64)
             vals[~block.finite] = np.nan
             return {"lmn": vals}
         for i in block.each():
@@ -78,5 +82,6 @@ class LinearMappingNumber(Family):
             to_h, head = block.model.lmn_split(self.cut)
             with torch.no_grad():
                 vals[i] = float(lmn_k.linear_mapping_number(
-                    to_h(self.x), head, constant_rule=self.constant_rule))
+                    to_h(self.x), head, constant_rule=self.constant_rule,
+                    chunk_rows=self.chunk_rows))
         return {"lmn": vals}

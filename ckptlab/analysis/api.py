@@ -470,9 +470,12 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
     if block_size is None:
         block_size = _auto_block_size(run.n, sd0, first, probe["x"], kind, n_workers)
     runner = _Runner(run, plan, block_size, kind, client, n_workers, store, progress)
-    for fam in families.values():
-        fam.prepare(runner)
-    results = runner.compute(families) if compute else runner.lazy(families)
+    try:
+        for fam in families.values():
+            fam.prepare(runner)
+        results = runner.compute(families) if compute else runner.lazy(families)
+    finally:
+        runner.close()
     described = {name: (type(f), f.params, f.coords) for name, f in families.items()}
     ds = _assemble(run, results, described)
     if layer_map is not None:
@@ -565,6 +568,29 @@ class _Runner:
         self.chunk = block_size
         self.n = run.n
         self.run_id = str(run.header.get("created")) + ":" + str(run.steps[0])
+        self._pool = None
+
+    def _process_pool(self):
+        """One pool of worker processes for every pass of this analysis (the pre-pass and the
+        main one): dask would start and import torch in a new pool per compute call."""
+        if self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+            from functools import partial
+
+            from dask.multiprocessing import get_context, initialize_worker_process
+
+            # dask's own recipe: consistent hashing in the workers, its worker initialiser
+            if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+                os.environ["PYTHONHASHSEED"] = "6640"
+            self._pool = ProcessPoolExecutor(
+                self.n_workers or os.cpu_count() or 1, mp_context=get_context(),
+                initializer=partial(initialize_worker_process, user_initializer=None))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _caches(self, families):
         import zarr
@@ -670,6 +696,10 @@ class _Runner:
         kw = {"scheduler": self.kind}
         if self.n_workers is not None and self.kind != "synchronous":
             kw["num_workers"] = self.n_workers
+        if self.kind == "processes":
+            # one block per dispatch: dask's default batches 6, which with a few blocks per
+            # worker leaves one worker with most of them
+            kw.update(pool=self._process_pool(), chunksize=1)
         with _Collect():
             dask.compute(*tasks.values(), **kw)
         bar.close()

@@ -158,7 +158,8 @@ def linear_mapping_matrix(
             i_c, j_c = ii[start : start + per_chunk], jj[start : start + per_chunk]
             hi, hj = h[:, i_c], h[:, j_c]
             p = hi.shape[1]
-            path = hi[:, :, None, :] + lam_in * (hj - hi)[:, :, None, :]
+            # one fused pass writes the path (it is the largest tensor here)
+            path = torch.addcmul(hi[:, :, None, :], lam_in, (hj - hi)[:, :, None, :])
             y_in = call(path.reshape(b, p * inner, -1), p * inner)
             y = torch.cat([ends[:, i_c, None], y_in.reshape(b, p, inner, d2).to(torch.float64),
                            ends[:, j_c, None]], dim=2)

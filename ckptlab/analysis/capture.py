@@ -523,12 +523,12 @@ class BatchedModel:
         self.state = dict(state)
         self.m = int(next(iter(self.state.values())).shape[0])
 
-    def representations(self, x, taps: Sequence[Tap], *, chunk_rows: int | None = None) -> dict:
+    def representations(self, x, taps: Sequence[Tap], *, chunk_rows: int = 65536) -> dict:
         """``label -> (m, N, d)`` for raw inputs ``x`` shared by every checkpoint.
 
-        ``chunk_rows`` inputs per call; default: about ``CHUNK_ELEMENTS`` captured values per
-        call over all checkpoints (sized from a first call on a few rows), which keeps the
-        layers' elementwise passes in cache.
+        ``chunk_rows // m`` inputs per call. (Cache-sized calls, as the LC and LMN kernels
+        make, measured no faster here and fragmented the heap: the peak memory of an analysis
+        grew with the number of checkpoints.)
         """
         cm = self.cm
         x = cm.as_input(x)
@@ -536,17 +536,12 @@ class BatchedModel:
         def one(params, xc):
             return cm.forward(xc, taps=taps, need_logits=False, params=params)[1]
 
-        per = chunk_rows or min(len(x), 16)
+        per = max(1, chunk_rows // self.m)
         parts: dict[str, list] = {t.label: [] for t in taps}
-        a = 0
-        while a < len(x):
+        for a in range(0, len(x), per):
             out = vmap(one, in_dims=(0, None))(self.state, x[a:a + per])
-            a += per
             for k, v in out.items():
                 parts[k].append(v)
-            if chunk_rows is None and len(parts[taps[0].label]) == 1:
-                width = sum(int(v[0].numel()) // max(1, int(v.shape[1])) for v in out.values())
-                per = max(1, CHUNK_ELEMENTS // (self.m * max(width, 1)))
         return {k: torch.cat(v, dim=1) if len(v) > 1 else v[0] for k, v in parts.items()}
 
     def embed(self, x) -> Tensor:

@@ -46,6 +46,20 @@ def _open(path: str, n_hint: int) -> Run:
     return Run(path)
 
 
+def _libc_trim():
+    """``malloc_trim(0)`` where the C library is glibc, else nothing."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return lambda: None
+    return lambda: trim(0)
+
+
+_trim = _libc_trim()
+
+
 class Block:
     """Checkpoints ``[start, stop)`` as the families see them.
 
@@ -130,7 +144,8 @@ class Block:
     def hidden(self) -> dict:
         """``label -> (m, N, d)`` float64 hidden representations of the probe set."""
         if self._hidden is None:
-            self._hidden = {k: v.double().cpu().numpy() for k, v in self.reps.items()}
+            reps, self._reps = self.reps, None  # one copy held at a time
+            self._hidden = {k: v.double().cpu().numpy() for k, v in reps.items()}
         return self._hidden
 
 
@@ -149,4 +164,10 @@ def compute_block(plan: Plan, start: int, stop: int, families: tuple, n_hint: in
             # NaN checkpoints: the kernels' own warnings would repeat the orchestrator's one
             warnings.simplefilter("ignore", RuntimeWarning)
             out[name] = plan.families[name].compute(block)
+    # Give the block's freed memory back to the OS. glibc's dynamic mmap threshold otherwise
+    # serves later blocks' buffers from a heap that fragments: measured, the peak memory of
+    # one analysis grew with its number of checkpoints (0.64 / 0.87 / 1.36 GB for 100 / 1000
+    # / 3000 on the digits MLP; with this 0.50 / 0.64 / 0.67).
+    del block
+    _trim()
     return out

@@ -405,14 +405,17 @@ class CapturedModel:
         def at_cut(mod, args, out):
             k = calls[cut.module]
             calls[cut.module] += 1
-            if k == cut.call:
-                seen["out"] = out
+            if k == cut.call and isinstance(out, Tensor):
+                seen["out"], seen["version"] = out, out._version
 
         def linear_pre(name):
             def hook(mod, args):
                 k = calls[name]
                 calls[name] += 1
-                if not found and args and args[0] is seen.get("out"):
+                # the very tensor, not changed in place since (an in-place op between the cut
+                # and the layer would sit outside the affine map)
+                if (not found and args and args[0] is seen.get("out")
+                        and args[0]._version == seen["version"]):
                     found.append(Tap(module=name, label=f"{cut.label}>{name}", call=k))
             return hook
 

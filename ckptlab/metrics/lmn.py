@@ -149,7 +149,9 @@ def linear_mapping_matrix(
     values: list[np.ndarray] = []
     ends = None
     with torch.no_grad():
-        ends = call(h, n)  # (b, n, d2): lam = 0 and lam = 1 of every path
+        # (b, n, d2): lam = 0 and lam = 1 of every path; on a copy, as an f that works in
+        # place would otherwise change the samples the paths are built from
+        ends = call(h.clone(), n)
         d2 = ends.shape[-1]
         tol = rtol if rtol is not None else _RTOL_EPS * _eps(ends.dtype)
         ends = ends.to(torch.float64)

@@ -48,6 +48,16 @@ class Skip(Plain):
         return self.head(self.act1(self.fc1(h)) + h)
 
 
+class InPlace(Plain):
+    """An in-place nonlinearity between the cut and fc1: the same tensor, no longer affine."""
+
+    def rest(self, h):
+        return self.head(self.act1(self.fc1(h.clamp_(max=0.5))))
+
+    def forward(self, x):
+        return self.rest(self.act0(self.fc0(x)))
+
+
 class BatchFromInput(Plain):
     """Takes the batch size from the raw input and reuses it after the cut."""
 
@@ -97,7 +107,7 @@ def _model(cls, path):
     return cm, x
 
 
-@pytest.mark.parametrize("cls", [Plain, Skip, BatchFromInput])
+@pytest.mark.parametrize("cls", [Plain, Skip, InPlace, BatchFromInput])
 def test_lmn_equals_the_definition_at_the_cut(tmp_path, cls):
     path = _record(tmp_path / "r.zarr", cls)
     ds = analyze(path, model=cls, metrics=("lmn",), lmn_samples=25, store=False,
@@ -108,6 +118,8 @@ def test_lmn_equals_the_definition_at_the_cut(tmp_path, cls):
 def test_the_affine_layer_is_taken_only_as_the_cuts_only_reader(tmp_path):
     from ckptlab.analysis.families.lmn import LinearMappingNumber
 
+    cm, x = _model(InPlace, _record(tmp_path / "inplace.zarr", InPlace))
+    assert cm.affine_successor(cm.map.lmn_from, x) is None  # changed in place on the way
     for cls, taken in ((Plain, True), (Skip, False)):
         cm, x = _model(cls, _record(tmp_path / f"{cls.__name__}.zarr", cls))
         nxt = cm.affine_successor(cm.map.lmn_from, x)

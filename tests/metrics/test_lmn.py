@@ -250,3 +250,16 @@ def test_batched_equals_the_loop_over_models():
         [linear_mapping_number(h[b], f_one(ws[b])) for b in range(4)], rtol=1e-12)
     with pytest.raises(ValidationError, match="per batch item"):
         linear_mapping_matrix(h, lambda x: x[0])
+
+
+def test_an_f_that_works_in_place_does_not_change_the_samples():
+    f = tanh_mlp(3, 8, 4, seed=1)
+    h = torch.randn(9, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    h0 = h.clone()
+
+    def in_place(x):
+        return f(x.clamp_(max=0.3))
+
+    L = linear_mapping_matrix(h, in_place)
+    torch.testing.assert_close(h, h0)
+    np.testing.assert_allclose(L, brute_force_L(h0, lambda x: f(x.clamp(max=0.3))), atol=1e-12)

@@ -29,10 +29,10 @@ from ..store import format as fmt
 from .cache import FamilyCache
 from .capture import (
     BatchedModel,
-    narrow_dummy_ok,
     CapturedModel,
     ModelSource,
     check_state_fits,
+    narrow_dummy_ok,
     resolve_layer_map,
     user_source,
 )

@@ -501,11 +501,6 @@ def narrow_dummy_ok(models: Sequence[CapturedModel], x) -> bool:
     return ok
 
 
-#: Values per batched call the chunked views aim at: 2^20 float32 values (4 MiB) stay in a
-#: core's caches, where larger calls run their elementwise passes from memory.
-CHUNK_ELEMENTS = 2**20
-
-
 class BatchedModel:
     """m checkpoints of one model evaluated together: ``functional_call`` under ``vmap``.
 

@@ -20,13 +20,11 @@ import torch
 
 from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
-from ._tensors import as_tensor
+from ._tensors import CHUNK_ELEMENTS, as_tensor
 
 __all__ = ["linear_mapping_matrix", "lmn_from_matrix", "linear_mapping_number"]
 
 _CONSTANT_RULES = ("one", "zero", "nan")
-#: Path values (rows x d1) per call of ``f`` by default: 4 MiB of float32, cache-sized.
-CHUNK_ELEMENTS = 2**20
 # Default relative tolerance for "constant along the path", in units of the machine epsilon of
 # f's output dtype: variation at the level of rounding noise is no signal.
 _RTOL_EPS = 100.0

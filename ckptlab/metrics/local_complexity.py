@@ -20,7 +20,7 @@ import torch
 
 from .._checks import check_float, check_int
 from ..errors import ValidationError
-from ._tensors import as_tensor
+from ._tensors import CHUNK_ELEMENTS, as_tensor
 
 __all__ = ["cross_polytope_directions", "local_complexity"]
 
@@ -116,12 +116,6 @@ def _as_bound(name: str, value, dim: int, like: torch.Tensor) -> torch.Tensor | 
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
-
-#: Values (vertex coordinates plus pre-activations) one chunk aims at by default: 2^20 float32
-#: values are 4 MiB, about what stays in a core's caches; larger chunks measured 2-2.5x slower
-#: on the digits MLP and a small CNN (the bias adds, ReLUs and min/max run from memory).
-CHUNK_ELEMENTS = 2**20
 
 
 def local_complexity(
@@ -301,8 +295,7 @@ def local_complexity(
             chunks.append(counts)
             bad_chunks.append(bad)
             if auto and len(chunks) == 1:  # now the widths are known
-                width = dim + sum(z[0].numel() // (n * n_vert) if batched else
-                                  z.numel() // (n * n_vert) for z in layers)
+                width = dim + sum(z.numel() // (n_batch * n * n_vert) for z in layers)
                 per_chunk = max(1, math.ceil(CHUNK_ELEMENTS // width / (n_vert * n_batch)))
     counts = torch.cat(chunks, dim=1)
     bad = torch.cat(bad_chunks, dim=1)

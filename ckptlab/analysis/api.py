@@ -329,6 +329,7 @@ def analyze(
         if not isinstance(v, bool):
             raise ValidationError(f"{name} must be a bool, got {v!r}")
     kind, client = _resolve_scheduler(scheduler, n_workers)
+    _refuse_worker_bootstrap()
     try:
         return _analyze(path, opts, extra, explicit, taps, model, metrics is not None,
                         block_size, batched, kind, client, n_workers, device, store, compute,
@@ -558,6 +559,20 @@ def _can_batch(first: CapturedModel, last: CapturedModel | None, x) -> bool:
     return ok
 
 
+_GUARD_HINT = ("scheduler='processes' starts workers that import the script which called "
+               "analyze; in a script, call it under `if __name__ == '__main__':`")
+
+
+def _refuse_worker_bootstrap() -> None:
+    """Stop at once where a starting worker re-runs an unguarded script's top level: it would
+    start workers of its own, and the parent would only see its pool broken."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SchedulerError("analyze was called while a worker process was starting: "
+                             + _GUARD_HINT)
+
+
 def _worker_context(dask_default):
     """Where the user chose none (dask's ``multiprocessing.context``): a fork server that has
     imported the analysis once, so each later pool forks ready workers instead of spawning
@@ -714,8 +729,16 @@ class _Runner:
             # one block per dispatch: dask's default batches 6, which with a few blocks per
             # worker leaves one worker with most of them
             kw.update(pool=self._process_pool(), chunksize=1)
-        with _Collect():
-            dask.compute(*tasks.values(), **kw)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            with _Collect():
+                dask.compute(*tasks.values(), **kw)
+        except BrokenProcessPool as e:
+            self._pool = None  # broken for good; blocks already cached stay cached
+            raise SchedulerError(
+                "a worker process died (killed for memory, or it failed while importing the "
+                f"main script: {_GUARD_HINT})") from e
         bar.close()
 
     def activation_range(self) -> tuple[np.ndarray, np.ndarray]:

@@ -289,6 +289,23 @@ def test_memory_archive_with_processes_is_refused(tanh_run):
         analyze("memory://nowhere/run.zarr", scheduler="processes")
 
 
+def test_unguarded_script_with_processes_fails_with_the_fix(tmp_path, tanh_run):
+    # each worker imports the script that started it: an unguarded call must say so, not
+    # leave a bare BrokenProcessPool
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from ckptlab.analysis import analyze\n"
+                      f"analyze({str(tanh_run)!r}, metrics=('weights',), store=False, "
+                      "scheduler='processes', n_workers=1)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    assert "SchedulerError: a worker process died" in out.stderr
+    assert "if __name__ == '__main__':" in out.stderr
+
+
 def test_each_fixed_subset_has_its_own_generator(tanh_run):
     # the LMN and LC subsets must not shift when the MI probe subset changes size: their cache
     # keys do not include the probe, so a shift would silently reuse results of other subsets

@@ -46,6 +46,7 @@ import torch
 
 from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
+from ._tensors import CHUNK_ELEMENTS
 
 __all__ = [
     "bin_codes",
@@ -60,9 +61,15 @@ __all__ = [
 ]
 
 _LN2 = math.log(2.0)
-# Largest number of entries of one (batch, rows, N) float64 distance block in mi_kde (128 MiB):
-# bounds memory for large probe sets while keeping each torch call big enough to be efficient.
-_BLOCK_ELEMENTS = 1 << 24
+# Entries of one (batch, rows, N) float64 distance block in mi_kde: the chunk budget's bytes
+# (4 MiB), so the exponentials and sums over it run in cache; 128 MiB blocks measured 1.8x
+# slower on (9, 512, 200) layers.
+_BLOCK_ELEMENTS = CHUNK_ELEMENTS // 2
+# exp() of arguments below about -708 (results under 1e-307) takes torch's slow path, 20-130 ns
+# instead of 1-4 ns per value (measured), and widely spread layers give many of them. Kernel
+# values are clamped at exp(-700) ~ 1e-304 instead: every sum they enter includes a self term
+# of exactly 1, so the change is below float64's resolution.
+EXP_FLOOR = -700.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,14 +229,17 @@ def bin_codes(t, *, n_bins: int, lo, hi) -> np.ndarray:
     lo_a, hi_a = _check_range(lo, hi, arr.shape[-1])
     if not np.isfinite(arr).all():
         raise ValidationError("t must contain only finite values to be binned, got NaN or Inf")
-    return _bin_codes(arr, n_bins, lo_a, hi_a)
+    return _bin_codes(arr, n_bins, lo_a, hi_a).astype(np.int64)
 
 
 def _bin_codes(arr: np.ndarray, n_bins: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """floor((arr - lo) / width) clipped, in float64, as the smallest unsigned int dtype."""
     width = (hi - lo) / n_bins
-    q = np.floor((arr - lo) / width)
+    q = np.subtract(arr, lo, dtype=np.float64)
+    q /= width
+    np.floor(q, out=q)
     np.clip(q, 0, n_bins - 1, out=q)
-    return q.astype(np.int64)
+    return q.astype(np.uint8 if n_bins <= 256 else np.int64)
 
 
 def adaptive_edges(t, *, n_bins: int = 30) -> np.ndarray:
@@ -384,30 +394,29 @@ def entropy_bits(labels) -> float:
     return _entropy_from_counts(counts, lab.shape[0])
 
 
+def _item_row_labels(c: np.ndarray) -> np.ndarray:
+    """Dense ids of the distinct rows of one (N, d) code matrix."""
+    if c.dtype == np.uint8 or (c.size and 0 <= c.min() and c.max() < 256):
+        # one opaque d-byte string per row: one sort, exact, no packing arithmetic
+        c8 = np.ascontiguousarray(c, dtype=np.uint8)
+        key = c8.view(np.dtype((np.void, c8.shape[1]))).reshape(c8.shape[0])
+        return np.unique(key, return_inverse=True)[1].reshape(-1)
+    return row_labels(c)
+
+
 def _plugin_mi(codes: np.ndarray, yid: np.ndarray, class_counts: np.ndarray):
-    """H(T) and I(T;Y) in bits for a batch of code matrices (B, N, d), in one pass.
-
-    The batch index is prepended as an extra column so one row hashing serves all items.
-    """
-    b, n, d = codes.shape
-    if b > 1:
-        item_col = np.broadcast_to(np.arange(b, dtype=np.int64)[:, None, None], (b, n, 1))
-        rows = np.concatenate([item_col, codes], axis=2).reshape(b * n, d + 1)
-    else:
-        rows = codes.reshape(n, d)
-    lab = row_labels(rows)
-    item = np.repeat(np.arange(b, dtype=np.int64), n)
-    counts = np.bincount(lab).astype(np.float64)
-    label_item = np.empty(counts.shape[0], dtype=np.int64)
-    label_item[lab] = item
-    log2n = math.log2(n)
-    h_t = log2n - np.bincount(label_item, weights=counts * np.log2(counts), minlength=b) / n
-
+    """H(T) and I(T;Y) in bits for a batch of code matrices (B, N, d)."""
+    b, n, _ = codes.shape
     n_classes = class_counts.shape[0]
-    joint_keys, joint_counts = np.unique(lab * n_classes + np.tile(yid, b), return_counts=True)
-    jc = joint_counts.astype(np.float64)
-    joint_item = label_item[joint_keys // n_classes]
-    h_ty = log2n - np.bincount(joint_item, weights=jc * np.log2(jc), minlength=b) / n
+    log2n = math.log2(n)
+    h_t, h_ty = np.empty(b), np.empty(b)
+    for i in range(b):  # per item: B sorts of N rows cost less than one of B N longer rows
+        lab = _item_row_labels(codes[i])
+        c = np.bincount(lab).astype(np.float64)
+        h_t[i] = log2n - float(np.dot(c, np.log2(c))) / n
+        jc = np.bincount(lab * n_classes + yid).astype(np.float64)
+        jc = jc[jc > 0]
+        h_ty[i] = log2n - float(np.dot(jc, np.log2(jc))) / n
     h_y = _entropy_from_counts(class_counts, n)
     # plug-in MI is >= 0; clip the last-bit rounding so downstream logs and plots stay clean
     i_ty = np.maximum(h_t + h_y - h_ty, 0.0)
@@ -542,7 +551,7 @@ def _kde_row_sums(x: torch.Tensor, onehot: torch.Tensor, variances) -> list:
         dist[:, i - start, i] = 0.0  # exact self-distance, whatever the rounding
         own = onehot[start:stop]  # (rows, C): the class of each row of this block
         for (full, within), v in zip(outs, variances):
-            k = dist.mul(-0.5 / v).exp_()
+            k = dist.mul(-0.5 / v).clamp_min_(EXP_FLOOR).exp_()
             full[:, start:stop] = k.sum(dim=-1).log_()
             within[:, start:stop] = (torch.matmul(k, onehot) * own).sum(dim=-1).log_()
     return outs
@@ -634,7 +643,7 @@ def mi_kde(t, y, *, sigma2: float = 0.1, bound: str = "upper"):
 def _gram(x: torch.Tensor, s: float) -> torch.Tensor:
     """Gaussian Gram exp(-||a - b||^2 / (2 s^2)) with an exact unit diagonal."""
     sq = (x * x).sum(dim=-1)
-    k = _sq_dists(x, x, sq, sq).mul_(-0.5 / (s * s)).exp_()
+    k = _sq_dists(x, x, sq, sq).mul_(-0.5 / (s * s)).clamp_min_(EXP_FLOOR).exp_()
     k.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return k
 

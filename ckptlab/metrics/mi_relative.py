@@ -75,6 +75,7 @@ import torch
 from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
 from .mi import (
+    EXP_FLOOR,
     _adaptive_codes,
     _as_labels,
     _as_layer,
@@ -470,7 +471,7 @@ def _kde_sums_relative(dist, scale, onehot, variances):
             kern = torch.empty_like(blk)  # reused: a fresh 128 MiB buffer per variance costs
         own = onehot[start:stop]  # more in page faults than the exponentials themselves
         for (full, within), v in zip(outs, variances):
-            torch.mul(blk, -0.5 / v, out=kern).exp_()
+            torch.mul(blk, -0.5 / v, out=kern).clamp_min_(EXP_FLOOR).exp_()
             full[:, start:stop] = kern.sum(dim=-1).log_()
             within[:, start:stop] = (torch.matmul(kern, onehot) * own).sum(dim=-1).log_()
     return outs

@@ -300,10 +300,15 @@ def run(*, checkpoints: int, baseline_ckpts: int, models, tmpdir=None):
 
             data = Run(path).data()
             base = _baseline(files, data, name, _module(name))
+            # the best of two runs each; the first processes run of the session also starts
+            # the fork server, so it is reported on its own
             o1 = min(_ours(path, name, 1) for _ in range(2))
-            o2t = _ours(path, name, 2, "threads")
-            o2p = _ours(path, name, 2, "processes")
-            o2 = min(o2t, o2p)
+            o2t = min(_ours(path, name, 2, "threads") for _ in range(2))
+            first_pool = "first_processes_run" not in raw
+            runs = [_ours(path, name, 2, "processes") for _ in range(2)]
+            o2p = min(runs)
+            if first_pool:
+                raw["first_processes_run"] = {"model": name, "s_per_ckpt": runs[0]}
             lc_s = _ours(path, name, 1, metrics=("lc",))
             lmn_s = _ours(path, name, 1, metrics=("lmn",))
             lc_f, lmn_f = _forward_flops(path, name)
@@ -319,7 +324,9 @@ def run(*, checkpoints: int, baseline_ckpts: int, models, tmpdir=None):
             rows.append(Row(f"{name}: 2 workers (threads) vs 1", 1 / o2t, "ckpt/s", 1 / o1,
                             "1 worker", Target(">=", 1.8)))
             rows.append(Row(f"{name}: 2 workers (processes) vs 1", 1 / o2p, "ckpt/s", 1 / o1,
-                            "1 worker", Target(">=", 1.8)))
+                            "1 worker", Target(">=", 1.8),
+                            note=(f"the session's first processes run, which starts the fork "
+                                  f"server: {o1 / runs[0]:.2f}x") if first_pool else ""))
             rows.append(Row(f"{name}: LC forward FLOP rate", lc_x / lc_s / 1e9, "GFLOP/s",
                             rate / 1e9, "1024^2 matmul, 1 thread", Target(">=", 0.3),
                             note="FLOPs analyze executes, counted by torch.utils.flop_counter"))

@@ -629,7 +629,7 @@ def mi_kde(t, y, *, sigma2: float = 0.1, bound: str = "upper"):
     Notes
     -----
     Cost O(N^2 d) per checkpoint (plus O(N_l^2 d) per class for the conditional term); memory
-    is bounded by processing rows in blocks of at most 2**24 distance entries.
+    is bounded by processing rows in blocks of at most 2**19 distance entries (4 MiB).
 
     References
     ----------

@@ -149,6 +149,15 @@ def test_mi_binning_matches_sklearn_on_dict_row_ids(rng):
     assert isinstance(got_xt, float) and isinstance(got_ty, float)
 
 
+def test_mi_binning_more_than_256_bins_matches_sklearn(rng):
+    # codes that do not fit a byte take the packed-integer row ids instead of byte strings
+    t = np.tanh(rng.normal(size=(400, 3)))
+    y = rng.integers(0, 4, 400)
+    codes = digitize_codes(t, 300, -1.0, 1.0)
+    assert codes.max() >= 256
+    assert mi_binning(t, y, n_bins=300) == pytest.approx(sk_mi_bits(codes, y), abs=1e-10)
+
+
 def test_mi_binning_float32_and_list_labels(rng):
     t = np.tanh(rng.normal(size=(200, 4))).astype(np.float32)
     y = rng.integers(0, 3, 200)
@@ -361,6 +370,15 @@ def test_mi_kde_row_blocks_match_brute_force(rng, monkeypatch):
     got_xt, got_ty = mi_kde(t, y, sigma2=0.3)
     for b in range(2):
         assert (got_xt[b], got_ty[b]) == pytest.approx(kde_brute(t[b], y, 0.3), abs=1e-10)
+
+
+def test_mi_kde_widely_spread_points_match_brute_force(rng):
+    # exponents from about -1 down to about -1e4: the kernels below exp(-700) are floored
+    t = rng.normal(size=(40, 2)) * 20.0
+    y = rng.integers(0, 3, 40)
+    for bound, factor in (("upper", 1.0), ("lower", 4.0)):
+        want = kde_brute(t, y, factor * 0.5)
+        assert mi_kde(t, y, sigma2=0.5, bound=bound) == pytest.approx(want, abs=1e-10)
 
 
 def test_mi_kde_orderings(rng):

@@ -354,19 +354,27 @@ class CapturedModel:
         return self.representations(x, [e])[e.label]
 
     def from_embedding(self, e: Tensor, taps: Sequence[Tap] = (), *,
-                       params: Mapping | None = None) -> tuple[Tensor, dict]:
-        """Run on from embedded rows ``e`` ``(N, D)``: the logits and the given taps."""
+                       params: Mapping | None = None, need_logits: bool = True,
+                       ) -> tuple[Tensor | None, dict]:
+        """Run on from embedded rows ``e`` ``(N, D)``: the logits and the given taps
+        (``need_logits=False``: the taps only, the pass stopped once they are read)."""
         if self.map.embedding is None:
             x = e.reshape((e.shape[0],) + tuple(self.map.input_shape)).to(self.dtype)
-            return self.forward(x, taps=taps, params=params)
-        return self.forward(self._dummy(e.shape[0]), taps=taps,
+            return self.forward(x, taps=taps, params=params, need_logits=need_logits)
+        return self.forward(self._dummy(e.shape[0]), taps=taps, need_logits=need_logits,
                             substitute=(self.map.embedding, e), params=params)
 
-    def preact_fn(self, taps: Sequence[Tap]) -> Callable[[Tensor], list[Tensor]]:
-        """``fn(e) -> [pre-activations..., logits]`` from the embedding, for local complexity."""
+    def preact_fn(self, taps: Sequence[Tap], *, logits: bool = True,
+                  ) -> Callable[[Tensor], list[Tensor]]:
+        """``fn(e) -> [pre-activations..., logits]`` from the embedding, for local complexity.
+
+        ``logits=False`` ends the pass at the last pre-activation and puts an empty ``(M, 0)``
+        tensor where the logits would be (what the kernel accepts when it does not count them).
+        """
         def fn(e: Tensor) -> list[Tensor]:
-            logits, cap = self.from_embedding(e, taps)
-            return [*(cap[t.label] for t in taps), logits]
+            out, cap = self.from_embedding(e, taps, need_logits=logits)
+            return [*(cap[t.label] for t in taps), out if logits else e.new_empty(
+                (e.shape[0], 0))]
 
         return fn
 
@@ -550,8 +558,10 @@ class BatchedModel:
         e = self.cm.map.embedding
         return self.representations(x, [e])[e.label]
 
-    def from_embedding(self, e: Tensor, taps: Sequence[Tap] = ()) -> tuple[Tensor, dict]:
-        """Logits ``(m, M, C)`` and taps from per-checkpoint embedded rows ``e`` ``(m, M, D)``.
+    def from_embedding(self, e: Tensor, taps: Sequence[Tap] = (), *, need_logits: bool = True,
+                       ) -> tuple[Tensor | None, dict]:
+        """Logits ``(m, M, C)`` and taps from per-checkpoint embedded rows ``e`` ``(m, M, D)``
+        (``need_logits=False``: None and the taps, the pass stopped once they are read).
 
         Rows shared by every checkpoint (``e`` expanded from one ``(1, M, D)``, stride 0) go in
         once: the first layer is then one matmul against every checkpoint's weights at once
@@ -560,17 +570,24 @@ class BatchedModel:
         cm = self.cm
 
         def one(params, ei):
-            return cm.from_embedding(ei, taps, params=params)
+            logits, cap = cm.from_embedding(ei, taps, params=params, need_logits=need_logits)
+            return (logits, cap) if need_logits else cap  # vmap returns tensors only
 
         if e.ndim >= 1 and e.stride(0) == 0:
-            return vmap(one, in_dims=(0, None))(self.state, e[0])
-        return vmap(one, in_dims=(0, 0))(self.state, e)
+            out = vmap(one, in_dims=(0, None))(self.state, e[0])
+        else:
+            out = vmap(one, in_dims=(0, 0))(self.state, e)
+        return out if need_logits else (None, out)
 
-    def preact_fn(self, taps: Sequence[Tap]) -> Callable[[Tensor], list[Tensor]]:
-        """``fn(e (m, M, D)) -> [pre-activations (m, M, k)..., logits (m, M, C)]``."""
+    def preact_fn(self, taps: Sequence[Tap], *, logits: bool = True,
+                  ) -> Callable[[Tensor], list[Tensor]]:
+        """``fn(e (m, M, D)) -> [pre-activations (m, M, k)..., logits (m, M, C)]``
+        (``logits=False``: an empty ``(m, M, 0)`` in their place, as in
+        :meth:`CapturedModel.preact_fn`)."""
         def fn(e: Tensor) -> list[Tensor]:
-            logits, cap = self.from_embedding(e, taps)
-            return [*(cap[t.label] for t in taps), logits]
+            out, cap = self.from_embedding(e, taps, need_logits=logits)
+            return [*(cap[t.label] for t in taps), out if logits else e.new_empty(
+                tuple(e.shape[:2]) + (0,))]
 
         return fn
 

@@ -149,7 +149,8 @@ def local_complexity(
         per layer, each with ``M`` rows: the pre-activations of every hidden layer, in order,
         **followed by the network's output (the logits) as the last entry**. Trailing
         dimensions beyond the first are flattened, so a ``(M, seq, d)`` pre-activation counts
-        ``seq * d`` neurons.
+        ``seq * d`` neurons. Unless ``include_output``, the last entry is not read: an empty
+        ``(M, 0)`` tensor will do, so the forward pass can stop at the last pre-activation.
     directions : torch.Tensor
         ``(P, D)`` directions, normally from :func:`cross_polytope_directions`; draw them once
         and reuse them at every checkpoint so counts are comparable across training.

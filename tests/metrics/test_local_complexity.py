@@ -185,6 +185,21 @@ def test_matches_brute_force_random_mlp():
     assert got.shape == (30, 3)
 
 
+def test_empty_output_placeholder_when_the_output_is_not_counted():
+    # a caller that stops its forward pass at the last pre-activation passes (M, 0)
+    fn, _ = mlp([5, 8, 6, 3], seed=0)
+
+    def no_logits(v):
+        return [*fn(v)[:-1], v.new_empty((v.shape[0], 0))]
+
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    dirs = cross_polytope_directions(5, n_directions=4, seed=2, dtype=torch.float64)
+    np.testing.assert_array_equal(
+        local_complexity(pts, no_logits, directions=dirs, radius=0.5).numpy(),
+        brute_force(pts, fn, dirs, 0.5))
+
+
 def test_exact_zero_is_not_a_sign_change():
     # Neuron 1: z = x2, point (0, r): vertices give x2 in {r, r, 2r, 0}: never < 0, so it does
     # not count although its sign "changes" to zero. Neuron 2: identically 0 (dead).

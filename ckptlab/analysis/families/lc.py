@@ -140,7 +140,7 @@ class LocalComplexity(Family):
         lower = upper = None
         if self.bounds is not None:
             lower, upper = self.bounds
-        fn = bm.preact_fn(self.taps)
+        fn = bm.preact_fn(self.taps, logits=self.include_output)
         for si, split in enumerate(self.splits):
             if split == "random":
                 e = bm.embed(self.x_box)  # (m, N, D): each checkpoint's own bounding box
@@ -165,7 +165,7 @@ class LocalComplexity(Family):
         lower = upper = None
         if self.bounds is not None:
             lower, upper = self.bounds
-        fn = model.preact_fn(self.taps)
+        fn = model.preact_fn(self.taps, logits=self.include_output)
         for si, split in enumerate(self.splits):
             if split == "random":
                 e = model.embed(self.x_box)

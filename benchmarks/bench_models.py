@@ -287,7 +287,19 @@ def _peak_rss(path: Path) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def run(*, checkpoints: int, baseline_ckpts: int, models, tmpdir=None):
+# checkpoints per model unless --checkpoints says otherwise: a few hundred, the transformer
+# fewer (about 0.8 s per checkpoint and analysis on this machine, and it is analysed 8 times)
+DEFAULT_CHECKPOINTS = {"transformer": 100}
+DEFAULT_CHECKPOINTS_OTHERS = 200
+
+
+def _n_checkpoints(name: str, checkpoints: int | None) -> int:
+    if checkpoints is not None:
+        return checkpoints
+    return DEFAULT_CHECKPOINTS.get(name, DEFAULT_CHECKPOINTS_OTHERS)
+
+
+def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None):
     torch.set_num_threads(1)
     rows, raw = [], {}
     rate = _matmul_rate()
@@ -296,7 +308,7 @@ def run(*, checkpoints: int, baseline_ckpts: int, models, tmpdir=None):
         d = Path(d)
         for name in models:
             path = d / f"{name}.zarr"
-            files = _make_run(path, name, checkpoints)[:baseline_ckpts]
+            files = _make_run(path, name, _n_checkpoints(name, checkpoints))[:baseline_ckpts]
             from ckptlab.store import Run
 
             data = Run(path).data()
@@ -355,13 +367,15 @@ def run(*, checkpoints: int, baseline_ckpts: int, models, tmpdir=None):
                         peaks[100], "100 checkpoints", Target("<=", 1.1)))
         rows.append(Row("peak memory, 3000 checkpoints (digits MLP)", peaks[3000], "B",
                         peaks[1000], "1000 checkpoints", Target("<=", 1.1)))
-    raw["checkpoints"] = checkpoints
+    raw["checkpoints"] = {name: _n_checkpoints(name, checkpoints) for name in models}
     return rows, raw
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = make_parser("python -m benchmarks models", __doc__.splitlines()[0])
-    p.add_argument("--checkpoints", type=int, default=300)
+    p.add_argument("--checkpoints", type=int, default=None,
+                   help=f"checkpoints of every model (default: {DEFAULT_CHECKPOINTS_OTHERS}, "
+                        f"the transformer {DEFAULT_CHECKPOINTS['transformer']})")
     p.add_argument("--baseline-ckpts", type=int, default=4,
                    help="checkpoints the plain loop is timed on (it is slow)")
     p.add_argument("--models", default=",".join(MODELS),
@@ -375,7 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     rows, raw = run(checkpoints=a.checkpoints, baseline_ckpts=a.baseline_ckpts, models=models,
                     tmpdir=a.tmpdir)
-    title = (f"analysis on realistic models: {a.checkpoints} checkpoints each; probe "
+    counts = ", ".join(f"{m} {_n_checkpoints(m, a.checkpoints)}" for m in models)
+    title = (f"analysis on realistic models, checkpoints: {counts}; probe "
              f"{COMMON['probe_size']}, KDE {COMMON['kde_samples']}, LC {COMMON['lc_points']} "
              f"points x 2 splits x {2 * COMMON['n_directions']} vertices, LMN "
              f"{COMMON['lmn_samples']} samples; load average {os.getloadavg()[0]:.1f} on "

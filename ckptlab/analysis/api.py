@@ -435,8 +435,6 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
         if run.n > 1:
             last = CapturedModel(source.build(), layer_map, x_ref, position=opts.position)
             last.load(run.state_dict(run.n - 1))
-        narrow = narrow_dummy_ok([m for m in (first, last) if m is not None],
-                                 first.as_input(data["x_train"][:8]))
     elif user_model is not None:
         user_source(user_model)  # still check what was passed
     setup = Setup(opts=opts, extra=extra, explicit=explicit, data=data, layer_map=layer_map,
@@ -456,6 +454,11 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
         raise ValidationError(
             f"{path}: none of the measures asked for ({', '.join(opts.metrics)}) applies to "
             "this model")
+    if first is not None:  # at the cuts the families substitute at, the LMN's as it chose
+        lmn_cut = families["lmn"].cut if "lmn" in families else None
+        narrow = narrow_dummy_ok([m for m in (first, last) if m is not None],
+                                 first.as_input(data["x_train"][:8]),
+                                 cuts=(layer_map.embedding, layer_map.lmn_from, lmn_cut))
     internal = {}
     if "mi-binning" in families:
         internal["range"] = INTERNAL["range"](setup)
@@ -734,8 +737,7 @@ class _Runner:
         try:
             with _Collect():
                 dask.compute(*tasks.values(), **kw)
-        except BrokenProcessPool as e:
-            self._pool = None  # broken for good; blocks already cached stay cached
+        except BrokenProcessPool as e:  # close() shuts the broken pool down
             raise SchedulerError(
                 "a worker process died (killed for memory, or it failed while importing the "
                 f"main script: {_GUARD_HINT})") from e

@@ -373,8 +373,8 @@ class CapturedModel:
         """
         def fn(e: Tensor) -> list[Tensor]:
             out, cap = self.from_embedding(e, taps, need_logits=logits)
-            return [*(cap[t.label] for t in taps), out if logits else e.new_empty(
-                (e.shape[0], 0))]
+            return [*(cap[t.label] for t in taps),
+                    out if logits else e.new_empty(e.shape[:-1] + (0,))]
 
         return fn
 
@@ -476,20 +476,23 @@ class CapturedModel:
         return bool(torch.allclose(via, real, rtol=0.0, atol=tol))
 
 
-def narrow_dummy_ok(models: Sequence[CapturedModel], x) -> bool:
+def narrow_dummy_ok(models: Sequence[CapturedModel], x, cuts=None) -> bool:
     """Whether every substituted forward pass gives the same logits with ``narrow`` dummies.
 
     Tried on ``x`` for each model (the first and the last checkpoint) at every cut the
-    measures substitute at (the embedding, the LMN cut and the affine layer after it); a model
-    whose code after the cut reuses the raw input's batch size fails or differs, and keeps
-    full-size dummies. Leaves each model's ``narrow`` set to the answer.
+    measures substitute at: ``cuts`` (None entries skipped), by default the embedding, the
+    LMN cut and the affine layer after it. A model whose code after the cut reuses the raw
+    input's batch size fails or differs, and keeps full-size dummies. Leaves each model's
+    ``narrow`` set to the answer.
     """
     ok = True
     for m in models:
-        cuts = [c for c in {m.map.embedding, m.map.lmn_from} if c is not None]
-        nxt = m.map.lmn_from and m.affine_successor(m.map.lmn_from, x)
-        cuts += [nxt] if nxt else []
-        for cut in cuts:
+        if cuts is None:
+            nxt = m.map.lmn_from and m.affine_successor(m.map.lmn_from, x)
+            at = {m.map.embedding, m.map.lmn_from, nxt}
+        else:
+            at = set(cuts)
+        for cut in (c for c in at if c is not None):
             try:
                 got = []
                 for narrow in (False, True):
@@ -586,8 +589,8 @@ class BatchedModel:
         :meth:`CapturedModel.preact_fn`)."""
         def fn(e: Tensor) -> list[Tensor]:
             out, cap = self.from_embedding(e, taps, need_logits=logits)
-            return [*(cap[t.label] for t in taps), out if logits else e.new_empty(
-                tuple(e.shape[:2]) + (0,))]
+            return [*(cap[t.label] for t in taps),
+                    out if logits else e.new_empty(e.shape[:-1] + (0,))]
 
         return fn
 

@@ -233,7 +233,7 @@ def bin_codes(t, *, n_bins: int, lo, hi) -> np.ndarray:
 
 
 def _bin_codes(arr: np.ndarray, n_bins: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """floor((arr - lo) / width) clipped, in float64, as the smallest unsigned int dtype."""
+    """floor((arr - lo) / width) clipped, in float64; uint8 codes up to 256 bins, else int64."""
     width = (hi - lo) / n_bins
     q = np.subtract(arr, lo, dtype=np.float64)
     q /= width

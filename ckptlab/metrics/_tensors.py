@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -15,11 +17,15 @@ __all__ = ["as_tensor", "CHUNK_ELEMENTS"]
 CHUNK_ELEMENTS = 2**20
 
 
-def as_tensor(value, message: str) -> torch.Tensor:
-    """``value`` as a tensor (tensors pass through); ``message`` is the error if it cannot be."""
+def as_tensor(value, message: Callable[[], str]) -> torch.Tensor:
+    """``value`` as a tensor (tensors pass through); ``message()`` is the error if it cannot be.
+
+    The message is built only on failure: a repr of a large array costs milliseconds, and the
+    kernels run once per checkpoint block.
+    """
     if isinstance(value, torch.Tensor):
         return value
     try:
         return torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValidationError(message) from exc
+        raise ValidationError(message()) from exc

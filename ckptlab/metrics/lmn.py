@@ -210,7 +210,7 @@ def _eps(dtype: torch.dtype) -> float:
 
 
 def _check_h(h) -> torch.Tensor:
-    h = as_tensor(h, f"h must be a 2-D tensor (N, d1), got {h!r}")
+    h = as_tensor(h, lambda: f"h must be a 2-D tensor (N, d1), got {h!r}")
     if h.ndim not in (2, 3) or h.shape[-2] < 2 or h.shape[-1] < 1:
         raise ValidationError(
             f"h must be a 2-D tensor (N, d1) with N >= 2 samples and d1 >= 1 (or a batch "

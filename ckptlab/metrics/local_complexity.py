@@ -209,7 +209,7 @@ def local_complexity(
     ----------
     Humayun, Balestriero and Baraniuk (2024), arXiv:2402.15555.
     """
-    points = as_tensor(points, f"points must be a 2-D tensor (N, D), got {points!r}")
+    points = as_tensor(points, lambda: f"points must be a 2-D tensor (N, D), got {points!r}")
     if points.ndim < 2 or points.shape[-2] < 1 or points.shape[-1] < 1:
         raise ValidationError(
             f"points must be a 2-D tensor (N, D) with N >= 1 and D >= 1 (or a batch "
@@ -224,7 +224,7 @@ def local_complexity(
     points = points.reshape((-1, n_points, dim))  # (B, N, D); B = 1 unbatched
     n_batch = points.shape[0]
     directions = as_tensor(
-        directions, f"directions must be a 2-D tensor (P, D), got {directions!r}"
+        directions, lambda: f"directions must be a 2-D tensor (P, D), got {directions!r}"
     )
     if directions.ndim != 2 or directions.shape[1] != dim or directions.shape[0] < 1:
         raise ValidationError(

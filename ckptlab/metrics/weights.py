@@ -30,7 +30,8 @@ MATRIX_STAT_KEYS = ("frobenius_norm", "spectral_norm", "stable_rank", "effective
 
 def _to_float64_tensor(name: str, value) -> torch.Tensor:
     """Any real array (numpy, torch, nested lists) as a float64 CPU tensor."""
-    t = as_tensor(value, f"{name} must be a real array, got {type(value).__name__}").detach()
+    t = as_tensor(value,
+                  lambda: f"{name} must be a real array, got {type(value).__name__}").detach()
     if t.is_complex() or t.dtype == torch.bool:
         raise ValidationError(f"{name} must be a real array, got dtype {t.dtype}")
     return t.to(device="cpu", dtype=torch.float64)

@@ -37,6 +37,22 @@ def test_batched_matches_numpy():
         np.testing.assert_allclose(val, ref, rtol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(20, 60), (60, 20)])
+def test_wide_and_tall_ill_conditioned_match_numpy(shape):
+    # wide matrices go to LAPACK transposed: the spectrum, down to 1e-10 of the top, is kept
+    rng = np.random.default_rng(1)
+    k = min(shape)
+    s = np.logspace(0, -10, k)
+    w = np.stack([np.linalg.qr(rng.normal(size=(shape[0], k)))[0] * s
+                  @ np.linalg.qr(rng.normal(size=(shape[1], k)))[0].T for _ in range(3)])
+    out = matrix_stats(w)
+    for key, val in out.items():
+        ref = np.array([reference_stats(m)[key] for m in w])
+        np.testing.assert_allclose(val, ref, rtol=1e-10)
+    np.testing.assert_allclose(out["effective_rank"], np.exp(-(s / s.sum() * np.log(s / s.sum()))
+                                                              .sum()), rtol=1e-9)
+
+
 def test_torch_input_and_conv_reshape():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(2, 8, 3, 2, 2, generator=g)  # (S, out, in, kh, kw)

@@ -38,12 +38,11 @@ from .capture import (
 )
 from .compute import Plan, compute_block
 from .families import DATASET_HOOKS, FAMILIES, INTERNAL, NotApplicable, Setup
+from .memory import BLOCK_BYTES, FREE_SHARE, block_budget
 from .options import METRICS, SUBSET_CAPS, AnalysisOptions, family_key
 
 __all__ = ["analyze", "load_analysis", "VAR_META", "DEFAULT_ESTIMATORS", "BLOCK_BYTES"]
 
-#: Memory a block's checkpoints may take (parameters, hidden representations) by default.
-BLOCK_BYTES = 128 << 20
 
 #: MI estimators computed unless told otherwise (see ``analyze``'s ``estimators``).
 DEFAULT_ESTIMATORS = ("binning", "kde", "kde_rel", "renyi_norm", "pca_binning")
@@ -252,8 +251,9 @@ def analyze(
     block_size : int, optional
         Checkpoints per Dask task; memory is bounded by one block per worker. Default: from
         the model's size and the probe set (a block's parameters and hidden representations
-        within :data:`BLOCK_BYTES`), at most 128, and small enough that every worker gets
-        at least 4 blocks. An archive analysed before keeps its cached block size.
+        within :data:`BLOCK_BYTES`, or within a quarter of the free memory shared by the
+        workers where that is less: see :mod:`ckptlab.analysis.memory`), at most 128, and
+        small enough that every worker gets at least 4 blocks. An archive analysed before keeps its cached block size.
     batched : bool, optional
         Evaluate a block's checkpoints together (``torch.func.functional_call`` under
         ``vmap``: m checkpoints x N inputs as a few large batched matmuls) or one at a time.
@@ -472,7 +472,8 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
                 position=opts.position, threads=1, device=device, batched=bool(batched),
                 narrow=narrow)
     if block_size is None:
-        block_size = _auto_block_size(run.n, sd0, first, probe["x"], kind, n_workers)
+        block_size = _auto_block_size(run.n, sd0, first, probe["x"], kind, n_workers,
+                                      device, client)
     runner = _Runner(run, plan, block_size, kind, client, n_workers, store, progress)
     try:
         for fam in families.values():
@@ -495,8 +496,14 @@ def _analyze(path, opts, extra, explicit, taps, user_model, explicit_metrics, bl
     return ds
 
 
-def _auto_block_size(n: int, sd0: dict, model, x_probe, kind: str, n_workers) -> int:
-    """Checkpoints per block: within BLOCK_BYTES, <= 128, >= 4 blocks per worker."""
+def _auto_block_size(n: int, sd0: dict, model, x_probe, kind: str, n_workers,
+                     device: str = "cpu", client=None) -> int:
+    """Checkpoints per block: within the memory budget, <= 128, >= 4 blocks per worker.
+
+    The budget is :data:`BLOCK_BYTES` per worker, less where the free memory of this machine
+    (and of the GPU) is short (:func:`~ckptlab.analysis.memory.block_budget`); a Dask
+    cluster's workers hold a block per thread within their own memory limits.
+    """
     per = sum(v.numel() * v.element_size() for v in sd0.values())
     if model is not None and x_probe is not None and model.map.layers:
         import torch
@@ -507,9 +514,34 @@ def _auto_block_size(n: int, sd0: dict, model, x_probe, kind: str, n_workers) ->
         # KDE subset, row hashes): about 32 bytes per value, measured on the digits MLP
         per += len(x_probe) * sum(int(v.shape[1]) for v in reps.values()) * 32
     workers = 1 if kind == "synchronous" else (n_workers or os.cpu_count() or 1)
-    by_memory = max(1, BLOCK_BYTES // max(per, 1))
+    if kind == "distributed":
+        budget, workers = _cluster_budget(client), _cluster_threads(client) or workers
+    else:
+        budget = block_budget(device, workers)
+    by_memory = max(1, budget // max(per, 1))
     by_tasks = max(1, -(-n // (4 * workers)))
     return int(max(1, min(128, by_memory, max(4, by_tasks))))
+
+
+def _cluster_info(client) -> dict:
+    try:
+        return dict(client.scheduler_info().get("workers", {}))
+    except Exception:  # an old or unusual client: the default budget
+        return {}
+
+
+def _cluster_threads(client) -> int:
+    return sum(int(w.get("nthreads", 1)) for w in _cluster_info(client).values())
+
+
+def _cluster_budget(client) -> int:
+    """BLOCK_BYTES, or less: FREE_SHARE of the smallest worker memory limit per thread."""
+    budget = BLOCK_BYTES
+    for w in _cluster_info(client).values():
+        limit = w.get("memory_limit") or 0
+        if limit:
+            budget = min(budget, int(FREE_SHARE * limit) // max(1, int(w.get("nthreads", 1))))
+    return max(1, budget)
 
 
 def _can_batch(first: CapturedModel, last: CapturedModel | None, x) -> bool:

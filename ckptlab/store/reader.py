@@ -170,6 +170,7 @@ class Run:
         commit = self.header.get("commit") or {}
         self.n = int(commit.get("n", 0))
         self._arrays: dict[str, zarr.Array] = {}
+        self._tails: dict[str, tuple[int, np.ndarray]] = {}  # see _param_rows
         for gname in (fmt.PARAMS, fmt.METRICS):
             if gname not in self._root:
                 raise CorruptArchiveError(f"{self.path!s} lacks the group {gname!r}")
@@ -256,7 +257,34 @@ class Run:
             unknown = sorted(set(names) - set(all_names))
             if unknown:
                 raise KeyError(f"no parameter(s) {unknown} in {self.path!s}")
-        return {n: self._read(f"{fmt.PARAMS}/{n}", slice(start, stop)) for n in names}
+        return {n: self._param_rows(f"{fmt.PARAMS}/{n}", start, stop) for n in names}
+
+    def _param_rows(self, key: str, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of a parameter, keeping the rest of the last chunk read for the next call.
+
+        zarr decodes whole chunks, and a chunk often holds more checkpoints than one block (a
+        bias: up to 256): reading blocks in order decoded the same chunk once per block, and
+        each zarr call costs about 0.5 ms even for a few bytes. The rows after ``b`` of the
+        chunk holding ``b - 1`` are kept (at most one chunk, about CHUNK_BYTES, per parameter)
+        and serve the block that starts there. Only committed rows (< n) are ever kept.
+        """
+        arr = self._arrays[key]
+        if arr.ndim == 0 or arr.chunks[0] <= 1:
+            return self._read(key, slice(a, b))
+        parts = []
+        hit = self._tails.get(key)  # (first row, rows): one tuple, read and replaced whole
+        if hit is not None and hit[0] <= a < hit[0] + len(hit[1]):
+            got = hit[1][a - hit[0] : b - hit[0]]
+            parts.append(got.copy())  # the caller owns its rows; the tail stays intact
+            a += len(got)
+        if a < b:
+            c = arr.chunks[0]
+            hi = max(b, min(self.n, -(-b // c) * c))  # to the end of b - 1's chunk
+            got = self._read(key, slice(a, hi))
+            parts.append(got[: b - a])
+            if hi > b:
+                self._tails[key] = (b, got[b - a :].copy())
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """The state dict of checkpoint ``index`` (position, negative counts from the end)."""

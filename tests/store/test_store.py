@@ -250,3 +250,29 @@ def test_state_snapshots_are_throttled_and_truncate_after_resumes_from_them(tmp_
     assert run.training_state()["step"] == 5
     with pytest.raises(ValidationError, match="truncate_after needs mode='a'"):
         Recorder(tmp_path / "other.zarr", model_spec={}, truncate_after=3)
+
+
+def test_block_reads_in_any_order_return_the_stored_rows(tmp_path):
+    # chunks of 4 (a 256x256 tensor), 64 and 256 rows; blocks that start and end anywhere,
+    # in order (the kept rest of a chunk serves the next block), backwards, and repeated
+    path = tmp_path / "run.zarr"
+    g = torch.Generator().manual_seed(0)
+    sd = {"big": torch.randn(256, 256, generator=g), "mid": torch.randn(64, 64, generator=g),
+          "b": torch.randn(6, generator=g)}
+    data = {"x_train": np.zeros((4, 2)), "y_train": np.zeros(4, dtype=np.int64)}
+    with Recorder(path, model_spec={"name": "x"}, data=data) as rec:
+        for i in range(150):
+            rec.save(i, {k: v + i for k, v in sd.items()})
+    want = {k: np.stack([(v + i).numpy() for i in range(150)]) for k, v in sd.items()}
+    run = Run(path)
+    chunks = {k: run._arrays[f"params/{k}"].chunks[0] for k in sd}
+    assert chunks["big"] < 9 < chunks["mid"] < chunks["b"]
+    spans = [(0, 9), (9, 18), (18, 30), (30, 31), (31, 70), (70, 150), (5, 12), (0, 150),
+             (64, 65), (65, 66), (63, 129), (140, 150), (149, 150)]
+    for a, b in spans:
+        got = run.params(a, b)
+        for k in sd:
+            np.testing.assert_array_equal(got[k], want[k][a:b], err_msg=f"{k} [{a}, {b})")
+        got["b"][:] = -1.0  # the caller's rows are its own: the next read is unaffected
+    for i in range(150):  # one checkpoint at a time, as state_dict reads
+        assert torch.equal(run.state_dict(i)["mid"], sd["mid"] + i)

@@ -318,6 +318,9 @@ class CapturedModel:
 
         handles = [self._mods[n].register_forward_hook(hook_for(n)) for n in outs]
         handles += [self._mods[n].register_forward_pre_hook(pre_hook_for(n)) for n in ins]
+        last_only = self._last_only_ok(taps, sub_tap)
+        if last_only:
+            self.module.last_position_only = True
         try:
             out = self.module(x) if params is None else functional_call(self.module, params, (x,))
         except _Stop:
@@ -325,6 +328,8 @@ class CapturedModel:
         finally:
             for h in handles:
                 h.remove()
+            if last_only:
+                self.module.last_position_only = False
         missing = [t.label for t in taps if t.label not in captured]
         if missing:
             raise ValidationError(
@@ -333,6 +338,22 @@ class CapturedModel:
             )
         logits = _logits(out, self.position) if out is not None and need_logits else None
         return logits, captured
+
+    def _last_only_ok(self, taps: Sequence[Tap], sub_tap: Tap | None) -> bool:
+        """Whether this pass may run the model's final positions-only modules at the last
+        position (:attr:`ProbeModel.last_position_only`): every tap read there is at position
+        -1, and nothing is substituted there. A model without such modules: False."""
+        names = getattr(self.module, "last_position_modules", None)
+        names = names() if callable(names) else ()
+        if not names:
+            return False
+
+        def inside(module: str) -> bool:
+            return any(module == n or module.startswith(n + ".") for n in names)
+
+        if sub_tap is not None and inside(sub_tap.module):
+            return False
+        return all(t.position == -1 or not inside(t.module) for t in taps)
 
     # ---- the views the measures use ---------------------------------------------------------
     def representations(self, x, taps: Sequence[Tap], *, chunk_rows: int = 8192) -> dict:

@@ -83,6 +83,10 @@ class ProbeModel(nn.Module, abc.ABC):
         Names of ``ModelOutput.hidden``, from input to output.
     preact_names : tuple of str
         Names of ``ModelOutput.preacts``, from input to output.
+    last_position_only : bool
+        While True, the modules of :meth:`last_position_modules` compute the last sequence
+        position only (the one the logits are read from); :meth:`forward`'s logits are the
+        same. The analysis sets it for passes that read nothing else there. Default False.
     """
 
     spec_name: ClassVar[str]
@@ -95,6 +99,13 @@ class ProbeModel(nn.Module, abc.ABC):
         super().__init__()
         self._kwargs = kwargs
         self._bounds = bounds
+        self.last_position_only = False
+
+    def last_position_modules(self) -> tuple[str, ...]:
+        """Names of the modules (and, by prefix ``name.``, their children) whose outputs hold
+        the last position only while :attr:`last_position_only` is set; () for a model
+        without sequence positions."""
+        return ()
 
     # ---- spec -------------------------------------------------------------------------------
 

@@ -80,3 +80,31 @@ def test_bad_batched_option(relu_run):
 
     with pytest.raises(ValidationError, match="batched must be None or a bool, got 'yes'"):
         analyze(relu_run, batched="yes")
+
+
+def test_transformer_final_block_at_the_last_position_changes_nothing(tmp_path, monkeypatch):
+    # passes that read only the last position of the final block (the LMN's head, the MI
+    # probes) run it there only; switched off, every number is the same up to rounding
+    from ckptlab.models.transformer import Transformer
+
+    p = tmp_path / "trf2.zarr"
+    train(TrainConfig(task="modular", task_args={"p": 7, "train_fraction": 0.5},
+                      model="transformer", model_args={"n_layers": 2, "d_model": 16,
+                                                       "n_heads": 2, "d_mlp": 32,
+                                                       "activation": "relu"},
+                      steps=20, lr=3e-3, ckpt_per_decade=3, ckpt_dense_until=2), p)
+    kw = {**KW, "kde_samples": 20}
+    calls = []
+    real = Transformer.last_position_modules
+
+    def counted(self):
+        calls.append(self.last_position_only)
+        return real(self)
+
+    monkeypatch.setattr(Transformer, "last_position_modules", counted)
+    fast = analyze(p, batched=True, **kw)
+    assert calls  # the shortcut was asked for
+    monkeypatch.setattr(Transformer, "last_position_modules", lambda self: ())
+    full = analyze(p, batched=True, **kw)
+    xr.testing.assert_allclose(fast, full, rtol=1e-5, atol=1e-5)
+    assert int(fast["lc"].count()) > 0 and float(fast["lc"].max()) > 0  # LC read every position

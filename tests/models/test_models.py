@@ -514,3 +514,31 @@ def test_bad_runtime_inputs_raise_validation_error():
     _, head = mlp.lmn_split()
     with pytest.raises(ValidationError, match=r"h must have shape \(N, 6\), got \(3, 4\)"):
         head(torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kw", [{}, {"layer_norm": True, "n_layers": 3, "activation": "relu"}])
+def test_transformer_last_position_only_gives_the_same_logits(dtype, kw):
+    m = build_model({"name": "transformer", "kwargs": {"vocab_size": 11, "d_model": 16,
+                                                       "n_heads": 4, "d_mlp": 24, **kw}},
+                    seed=0).to(dtype)
+    x = torch.randint(0, 11, (30, 2), generator=torch.Generator().manual_seed(0))
+    assert m.last_position_only is False
+    assert m.last_position_modules() == (f"blocks.{len(m.blocks) - 1}",)
+    want = m(x)
+    m.last_position_only = True
+    got = m(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14)
+    # the final block's outputs hold the last position only; the earlier blocks all of them
+    seen = {}
+    hooks = [m.blocks[i].register_forward_hook(
+        lambda mod, a, out, i=i: seen.__setitem__(i, out.shape[1])) for i in range(len(m.blocks))]
+    m(x)
+    for h in hooks:
+        h.remove()
+    assert seen[len(m.blocks) - 1] == 1 and all(seen[i] == 3 for i in range(len(m.blocks) - 1))
+
+
+def test_models_without_positions_have_no_last_position_modules():
+    m = build_model({"name": "mlp", "kwargs": {"in_dim": 4, "widths": [5], "n_classes": 2}})
+    assert m.last_position_modules() == () and m.last_position_only is False

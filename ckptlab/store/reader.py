@@ -170,7 +170,7 @@ class Run:
         commit = self.header.get("commit") or {}
         self.n = int(commit.get("n", 0))
         self._arrays: dict[str, zarr.Array] = {}
-        self._tails: dict[str, tuple[int, np.ndarray]] = {}  # see _param_rows
+        self._kept: dict[str, dict[int, np.ndarray]] = {}  # see _param_rows
         for gname in (fmt.PARAMS, fmt.METRICS):
             if gname not in self._root:
                 raise CorruptArchiveError(f"{self.path!s} lacks the group {gname!r}")
@@ -260,31 +260,40 @@ class Run:
         return {n: self._param_rows(f"{fmt.PARAMS}/{n}", start, stop) for n in names}
 
     def _param_rows(self, key: str, a: int, b: int) -> np.ndarray:
-        """Rows [a, b) of a parameter, keeping the rest of the last chunk read for the next call.
+        """Rows [a, b) of a parameter, keeping the chunks at both ends for the blocks beside it.
 
         zarr decodes whole chunks, and a chunk often holds more checkpoints than one block (a
-        bias: up to 256): reading blocks in order decoded the same chunk once per block, and
-        each zarr call costs about 0.5 ms even for a few bytes. The rows after ``b`` of the
-        chunk holding ``b - 1`` are kept (at most one chunk, about CHUNK_BYTES, per parameter)
-        and serve the block that starts there. Only committed rows (< n) are ever kept.
+        bias: up to 256): reading block by block decoded the same chunk once per block, and
+        each zarr call costs about 0.5 ms even for a few bytes. The first and the last chunk
+        of a read are kept when the read used only part of them (at most two chunks, about
+        2 x CHUNK_BYTES, per parameter), and serve the block before or after, whichever order
+        the scheduler runs the blocks in. Only committed rows (< n) are kept.
         """
         arr = self._arrays[key]
         if arr.ndim == 0 or arr.chunks[0] <= 1:
             return self._read(key, slice(a, b))
-        parts = []
-        hit = self._tails.get(key)  # (first row, rows): one tuple, read and replaced whole
-        if hit is not None and hit[0] <= a < hit[0] + len(hit[1]):
-            got = hit[1][a - hit[0] : b - hit[0]]
-            parts.append(got.copy())  # the caller owns its rows; the tail stays intact
-            a += len(got)
-        if a < b:
-            c = arr.chunks[0]
-            hi = max(b, min(self.n, -(-b // c) * c))  # to the end of b - 1's chunk
-            got = self._read(key, slice(a, hi))
-            parts.append(got[: b - a])
-            if hi > b:
-                self._tails[key] = (b, got[b - a :].copy())
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        c = arr.chunks[0]
+        first, last = a // c, (b - 1) // c
+        kept = self._kept.get(key, {})  # chunk index -> its committed rows; replaced whole
+        have = {k: kept[k] for k in (first, last) if k in kept}
+        lo = first + 1 if first in have else first
+        hi = last - 1 if last in have else last
+        got = {}
+        if lo <= hi:  # the chunks not kept, in one call
+            rows = self._read(key, slice(lo * c, min(self.n, (hi + 1) * c)))
+            got = {k: rows[(k - lo) * c : (k - lo + 1) * c] for k in range(lo, hi + 1)}
+        chunks = {**have, **got}
+        parts = [chunks[k][max(a, k * c) - k * c : min(b, (k + 1) * c) - k * c]
+                 for k in range(first, last + 1)]
+        ends = {k: chunks[k] for k in {first, last}
+                if (k == first and a > k * c) or (k == last and b < min(self.n, (k + 1) * c))}
+        if ends:
+            # copies: a kept chunk must not pin the whole read, nor share memory with the
+            # caller's rows
+            self._kept[key] = {k: v if k in have else v.copy() for k, v in ends.items()}
+        if len(parts) > 1:
+            return np.concatenate(parts)
+        return parts[0].copy() if first in have or first in ends else parts[0]
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """The state dict of checkpoint ``index`` (position, negative counts from the end)."""

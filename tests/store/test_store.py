@@ -276,3 +276,15 @@ def test_block_reads_in_any_order_return_the_stored_rows(tmp_path):
         got["b"][:] = -1.0  # the caller's rows are its own: the next read is unaffected
     for i in range(150):  # one checkpoint at a time, as state_dict reads
         assert torch.equal(run.state_dict(i)["mid"], sd["mid"] + i)
+    # blocks in either order decode each chunk once: the bias (one chunk) in one zarr call
+    for order in (range(0, 150, 5), range(145, -1, -5)):
+        fresh = Run(path)
+        calls = []
+        real = fresh._read
+        fresh._read = lambda key, sel: calls.append(key) or real(key, sel)
+        for a in order:
+            got = fresh.params(a, a + 5)
+            np.testing.assert_array_equal(got["mid"], want["mid"][a:a + 5])
+            np.testing.assert_array_equal(got["big"], want["big"][a:a + 5])
+        assert calls.count("params/b") == 1
+        assert calls.count("params/mid") == -(-150 // chunks["mid"])

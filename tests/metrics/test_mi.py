@@ -26,6 +26,7 @@ from ckptlab.metrics.mi import (
     mi_adaptive,
     mi_binning,
     mi_kde,
+    mi_kde_bounds,
     mi_renyi,
     renyi_entropy,
     row_labels,
@@ -370,6 +371,20 @@ def test_mi_kde_row_blocks_match_brute_force(rng, monkeypatch):
     got_xt, got_ty = mi_kde(t, y, sigma2=0.3)
     for b in range(2):
         assert (got_xt[b], got_ty[b]) == pytest.approx(kde_brute(t[b], y, 0.3), abs=1e-10)
+
+
+@pytest.mark.parametrize("spread", [1.0, 20.0])
+def test_mi_kde_bounds_in_tiles_match_brute_force(rng, monkeypatch, spread):
+    # both bounds from one set of tiles (square, on and above the diagonal; the last partial):
+    # the lower bound's kernel is the upper one's exponents scaled by 1/4, floored ones too
+    monkeypatch.setattr(mi_mod, "_BLOCK_ELEMENTS", 27)  # 3 checkpoints: tiles of 3 x 3
+    t = rng.normal(size=(3, 17, 4)) * spread
+    y = rng.integers(0, 4, 17)
+    got = mi_kde_bounds(t, y, sigma2=0.4)
+    for b in range(3):
+        up, lo = kde_brute(t[b], y, 0.4), kde_brute(t[b], y, 1.6)
+        assert (got[0][b], got[1][b]) == pytest.approx(up, abs=1e-10)
+        assert (got[2][b], got[3][b]) == pytest.approx(lo, abs=1e-10)
 
 
 def test_mi_kde_widely_spread_points_match_brute_force(rng):

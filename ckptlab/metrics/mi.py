@@ -576,8 +576,9 @@ def _kde_row_sums(x: torch.Tensor, onehot: torch.Tensor, variances) -> list:
                 within[:, i0:i1] += (torch.matmul(k, onehot[j0:j1]) * own_i).sum(dim=-1)
                 if j0 != i0:
                     full[:, j0:j1] += k.sum(dim=-2)
-                    within[:, j0:j1] += (torch.matmul(k.transpose(-1, -2), own_i)
-                                         * onehot[j0:j1]).sum(dim=-1)
+                    # classes x columns: (own_i^T K), not (K^T own_i), whose matmul copied K
+                    within[:, j0:j1] += (torch.bmm(own_i.T.expand(b, -1, -1), k)
+                                         * onehot[j0:j1].T).sum(dim=-2)
     return [(full.log_(), within.log_()) for full, within in sums]
 
 

@@ -224,6 +224,7 @@ def test_kde_relative_blocks_batches_and_precomputed_distances(rng, monkeypatch)
     want = mi_kde_relative(t, y, k=3)
     monkeypatch.setattr(rel, "_BLOCK_ELEMENTS", 40)  # row blocks of one row
     monkeypatch.setattr(rel, "_MATRIX_ELEMENTS", 300)  # one batch item at a time
+    monkeypatch.setattr(rel, "_TILE_ELEMENTS", 9)  # kernel tiles of 3 x 3, on and above the diagonal
     got = mi_kde_relative(t, y, k=3)
     d = pairwise_sq_dists(t)
     d_copy = d.copy()
@@ -515,3 +516,13 @@ def test_validation_errors(call, match):
 def test_validation_comes_before_nan_handling():
     with pytest.raises(ValidationError, match="resolutions must be"):
         mi_kde_relative(np.full((5, 2), np.nan), Y6[:5], resolutions=[])
+
+
+def test_kde_relative_refuses_distances_that_are_not_symmetric(rng):
+    t = layer(rng, 12, 3)
+    y = rng.integers(0, 2, 12)
+    d = pairwise_sq_dists(t)
+    mi_kde_relative(None, y, k=3, sq_dists=d)  # rounding-level asymmetry is fine
+    d[0, 5] += 1.0
+    with pytest.raises(ValidationError, match=r"sq_dists must be symmetric .* by up to 1\.0"):
+        mi_kde_relative(None, y, k=3, sq_dists=d)

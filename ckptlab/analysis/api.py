@@ -26,9 +26,9 @@ from .._progress import progress_bar
 from ..errors import CkptlabError, SchedulerError, ValidationError
 from ..store import Run
 from ..store import format as fmt
+from .batched_mlp import batched_model
 from .cache import FamilyCache
 from .capture import (
-    BatchedModel,
     CapturedModel,
     ModelSource,
     check_state_fits,
@@ -559,7 +559,7 @@ def _can_batch(first: CapturedModel, last: CapturedModel | None, x) -> bool:
     lm = first.map
     try:
         with torch.no_grad():
-            bm = BatchedModel(first, stacked)
+            bm = batched_model(first, stacked)
             got = []
             if lm.layers:
                 got.append(bm.representations(x, lm.layers))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..store import Run
+from .batched_mlp import batched_model
 from .capture import BatchedModel, CapturedModel, LayerMap, ModelSource
 
 __all__ = ["Plan", "Block", "compute_block"]
@@ -119,7 +120,7 @@ class Block:
             self.model.load({k: v.to(dev) for k, v in self._states[0].items()})  # dtype, device
             stacked = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
                        for k, v in self.params.items()}
-            self._batched = BatchedModel(self.model, stacked)
+            self._batched = batched_model(self.model, stacked)
         return self._batched
 
     @property

@@ -253,7 +253,8 @@ def analyze(
         the model's size and the probe set (a block's parameters and hidden representations
         within :data:`BLOCK_BYTES`, or within a quarter of the free memory shared by the
         workers where that is less: see :mod:`ckptlab.analysis.memory`), at most 128, and
-        small enough that every worker gets at least 4 blocks. An archive analysed before keeps its cached block size.
+        small enough that every worker gets at least 4 blocks. An archive analysed before
+        keeps its cached block size.
     batched : bool, optional
         Evaluate a block's checkpoints together (``torch.func.functional_call`` under
         ``vmap``: m checkpoints x N inputs as a few large batched matmuls) or one at a time.

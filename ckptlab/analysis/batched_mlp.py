@@ -133,31 +133,17 @@ class BatchedMLP(BatchedModel):
         out = {t.label: v for t, v in zip(taps, reps)}
         return (logits, out) if need_logits else (None, out)
 
-    def preact_fn(self, taps: Sequence[Tap], *, logits: bool = True,
-                  ) -> Callable[[Tensor], list[Tensor]]:
-        if self._known(taps) is None:
-            return super().preact_fn(taps, logits=logits)
-
-        def fn(e: Tensor) -> list[Tensor]:
-            out, cap = self.from_embedding(e, taps, need_logits=logits)
-            return [*(cap[t.label] for t in taps),
-                    out if logits else e.new_empty(e.shape[:-1] + (0,))]
-
-        return fn
+    # preact_fn and the embedding-cut LMN head are the base class's, through from_embedding
 
     def lmn_split(self, cut: Tap | None = None) -> tuple[Callable, Callable]:
+        to_h, head = super().lmn_split(cut)
         cm = self.cm
         cut = cut if cut is not None else cm.map.lmn_from
-        if cut is None or cut == cm.map.embedding:
-            return super().lmn_split(cut)
-        where = self._where(cut)
-        if where is None or cm.map.input_kind != "continuous" or cm.map.embedding is not None:
-            return super().lmn_split(cut)
+        where = None if cut is None or cut == cm.map.embedding else self._where(cut)
+        if where is None:
+            return to_h, head
 
-        def to_h(x) -> Tensor:
-            return self.representations(x, [cut])[cut.label]
-
-        def head(h: Tensor) -> Tensor:
+        def from_cut(h: Tensor) -> Tensor:  # a hidden layer (or the affine layer after it) on
             return self._run(h, [], start=where, need_logits=True)[0]
 
-        return to_h, head
+        return to_h, from_cut

@@ -523,11 +523,12 @@ def _to_torch(flat: np.ndarray) -> torch.Tensor:
 
 
 def _sq_dists(
-    a: torch.Tensor, b: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor
+    a: torch.Tensor, b: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, out=None
 ) -> torch.Tensor:
-    """Squared distances (B, rows_a, rows_b) of (B, rows, d) inputs, clamped at 0."""
+    """Squared distances (B, rows_a, rows_b) of (B, rows, d) inputs, clamped at 0 (written
+    into ``out`` when given)."""
     # one allocation: the norms' sum, then the -2ab product added in place
-    d = sq_a[:, :, None] + sq_b[:, None, :]
+    d = torch.add(sq_a[:, :, None], sq_b[:, None, :], out=out)
     return d.baddbmm_(a, b.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0)
 
 
@@ -555,31 +556,41 @@ def _kde_row_sums(x: torch.Tensor, onehot: torch.Tensor, variances) -> list:
     scale = -0.5 / v0
     sums = [(torch.zeros((b, m), dtype=torch.float64), torch.zeros((b, m), dtype=torch.float64))
             for _ in variances]
-    tile = max(1, math.isqrt(max(1, _BLOCK_ELEMENTS // b)))
     # the smallest variance last: its kernel is exponentiated in place
     order = sorted(range(len(variances)), key=lambda j: variances[j] == v0)
-    for i0 in range(0, m, tile):
-        i1 = min(m, i0 + tile)
-        own_i = onehot[i0:i1]
-        for j0 in range(i0, m, tile):
-            j1 = min(m, j0 + tile)
-            e = (sq[:, i0:i1, None] + sq[:, None, j0:j1]).mul_(scale)
-            e.baddbmm_(x[:, i0:i1], x[:, j0:j1].transpose(-1, -2), alpha=-2.0 * scale)
-            e.clamp_(EXP_FLOOR, 0.0)  # distances >= 0, rounding aside
-            if i0 == j0:
-                d = torch.arange(i1 - i0)
-                e[:, d, d] = 0.0  # exact self-distance, whatever the rounding
-            for j in order:
-                k = e.exp_() if variances[j] == v0 else e.mul(v0 / variances[j]).exp_()
-                full, within = sums[j]
-                full[:, i0:i1] += k.sum(dim=-1)
-                within[:, i0:i1] += (torch.matmul(k, onehot[j0:j1]) * own_i).sum(dim=-1)
-                if j0 != i0:
-                    full[:, j0:j1] += k.sum(dim=-2)
-                    # classes x columns: (own_i^T K), not (K^T own_i), whose matmul copied K
-                    within[:, j0:j1] += (torch.bmm(own_i.T.expand(b, -1, -1), k)
-                                         * onehot[j0:j1].T).sum(dim=-2)
+    for i0, i1, j0, j1 in _upper_tiles(m, b, _BLOCK_ELEMENTS):
+        e = (sq[:, i0:i1, None] + sq[:, None, j0:j1]).mul_(scale)
+        e.baddbmm_(x[:, i0:i1], x[:, j0:j1].transpose(-1, -2), alpha=-2.0 * scale)
+        e.clamp_(EXP_FLOOR, 0.0)  # distances >= 0, rounding aside
+        if i0 == j0:
+            d = torch.arange(i1 - i0)
+            e[:, d, d] = 0.0  # exact self-distance, whatever the rounding
+        for j in order:
+            k = e.exp_() if variances[j] == v0 else e.mul(v0 / variances[j]).exp_()
+            _add_tile_sums(*sums[j], k, onehot, i0, i1, j0, j1)
     return [(full.log_(), within.log_()) for full, within in sums]
+
+
+def _upper_tiles(n: int, b: int, elements: int):
+    """``(i0, i1, j0, j1)`` of the square tiles on and above the diagonal of an (n, n)
+    matrix, each about ``elements`` entries over a batch of ``b``."""
+    tile = max(1, math.isqrt(max(1, elements // b)))
+    for i0 in range(0, n, tile):
+        for j0 in range(i0, n, tile):
+            yield i0, min(n, i0 + tile), j0, min(n, j0 + tile)
+
+
+def _add_tile_sums(full, within, k, onehot, i0, i1, j0, j1) -> None:
+    """Add tile ``K[:, i0:i1, j0:j1]`` of a symmetric kernel to the row sums (``full``) and
+    within-class row sums (``within``) of its rows and, off the diagonal, of its columns."""
+    own_i, own_j = onehot[i0:i1], onehot[j0:j1]
+    full[:, i0:i1] += k.sum(dim=-1)
+    within[:, i0:i1] += (torch.matmul(k, own_j) * own_i).sum(dim=-1)
+    if j0 != i0:
+        full[:, j0:j1] += k.sum(dim=-2)
+        # classes x columns: (own_i^T K), not (K^T own_i), whose matmul copied K
+        within[:, j0:j1] += (torch.bmm(own_i.T.expand(k.shape[0], -1, -1), k)
+                             * own_j.T).sum(dim=-2)
 
 
 def mi_kde_bounds(t, y, *, sigma2: float = 0.1):

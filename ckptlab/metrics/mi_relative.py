@@ -76,6 +76,7 @@ from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
 from .mi import (
     EXP_FLOOR,
+    _add_tile_sums,
     _adaptive_codes,
     _as_labels,
     _as_layer,
@@ -87,6 +88,7 @@ from .mi import (
     _plugin_mi,
     _sq_dists,
     _to_torch,
+    _upper_tiles,
     mi_renyi,
 )
 
@@ -279,15 +281,17 @@ def _duplicate_ids(flat: np.ndarray) -> torch.Tensor | None:
     return torch.from_numpy(ids) if any_dup else None
 
 
-def _dist_blocks(x: torch.Tensor, ids):
+def _dist_blocks(x: torch.Tensor, ids, out: torch.Tensor | None = None):
     """Row blocks (start, stop, (B, rows, N) squared distances) of a centred float64 batch.
 
-    Self distances and distances between identical rows (same ``ids``) are exactly 0.
+    Self distances and distances between identical rows (same ``ids``) are exactly 0. With
+    ``out`` (B, N, N), each block is computed in place in its rows of ``out``.
     """
     b, n, _ = x.shape
     sq = (x * x).sum(dim=-1)
     for start, stop in _row_ranges(b, n):
-        dist = _sq_dists(x[:, start:stop], x, sq[:, start:stop], sq)
+        dist = _sq_dists(x[:, start:stop], x, sq[:, start:stop], sq,
+                         out=None if out is None else out[:, start:stop])
         i = torch.arange(start, stop)
         dist[:, i - start, i] = 0.0
         if ids is not None:
@@ -296,21 +300,12 @@ def _dist_blocks(x: torch.Tensor, ids):
 
 
 def _full_dists(flat: np.ndarray) -> torch.Tensor:
-    """(B, N, N) squared distances, computed in place in the result (as :func:`_dist_blocks`
-    computes its blocks: no block is copied into it afterwards)."""
+    """(B, N, N) squared distances, each row block computed in place in the result."""
     x = _to_torch(flat)
     b, n, _ = x.shape
-    ids = _duplicate_ids(flat)
-    sq = (x * x).sum(dim=-1)
     out = torch.empty((b, n, n), dtype=torch.float64)
-    for start, stop in _row_ranges(b, n):
-        dist = out[:, start:stop]
-        torch.add(sq[:, start:stop, None], sq[:, None, :], out=dist)
-        dist.baddbmm_(x[:, start:stop], x.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0)
-        i = torch.arange(start, stop)
-        dist[:, i - start, i] = 0.0
-        if ids is not None:
-            dist.masked_fill_(ids[:, start:stop, None] == ids[:, None, :], 0.0)
+    for _ in _dist_blocks(x, _duplicate_ids(flat), out=out):
+        pass
     return out
 
 
@@ -492,29 +487,17 @@ def _kde_sums_relative(dist, scale, onehot, variances):
     any_zero = bool(zero.any())
     sums = [(torch.zeros((b, n), dtype=torch.float64), torch.zeros((b, n), dtype=torch.float64))
             for _ in variances]
-    tile = max(1, math.isqrt(max(1, _TILE_ELEMENTS // b)))
     kern = None
-    for i0 in range(0, n, tile):
-        i1 = min(n, i0 + tile)
-        own_i = onehot[i0:i1]
-        for j0 in range(i0, n, tile):
-            j1 = min(n, j0 + tile)
-            e = dist[:, i0:i1, j0:j1] * half
-            if any_zero:  # s = 0: K = 1 where D = 0, else 0
-                sub = e[zero]
-                e[zero] = sub.masked_fill_(sub < 0, -math.inf)
-            if kern is None or kern.shape != e.shape:
-                kern = torch.empty_like(e)
-            own_j = onehot[j0:j1]
-            for (full, within), v in zip(sums, variances):
-                torch.mul(e, 1.0 / v, out=kern).clamp_min_(EXP_FLOOR).exp_()
-                full[:, i0:i1] += kern.sum(dim=-1)
-                within[:, i0:i1] += (torch.matmul(kern, own_j) * own_i).sum(dim=-1)
-                if j0 != i0:
-                    full[:, j0:j1] += kern.sum(dim=-2)
-                    # classes x columns: (own_i^T K), not (K^T own_i), whose matmul copied K
-                    within[:, j0:j1] += (torch.bmm(own_i.T.expand(b, -1, -1), kern)
-                                         * own_j.T).sum(dim=-2)
+    for i0, i1, j0, j1 in _upper_tiles(n, b, _TILE_ELEMENTS):
+        e = dist[:, i0:i1, j0:j1] * half
+        if any_zero:  # s = 0: K = 1 where D = 0, else 0
+            sub = e[zero]
+            e[zero] = sub.masked_fill_(sub < 0, -math.inf)
+        if kern is None or kern.shape != e.shape:
+            kern = torch.empty_like(e)
+        for (full, within), v in zip(sums, variances):
+            torch.mul(e, 1.0 / v, out=kern).clamp_min_(EXP_FLOOR).exp_()
+            _add_tile_sums(full, within, kern, onehot, i0, i1, j0, j1)
     return [(full.log_(), within.log_()) for full, within in sums]
 
 

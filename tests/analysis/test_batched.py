@@ -37,13 +37,18 @@ def test_float32_batched_equals_one_at_a_time(relu_run):
     xr.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-6)
 
 
-def test_transformer_batched_equals_one_at_a_time(tmp_path):
-    p = tmp_path / "trf.zarr"
+def _transformer_run(p, n_layers: int):
+    """A small ReLU transformer on addition mod 7, a few checkpoints."""
     train(TrainConfig(task="modular", task_args={"p": 7, "train_fraction": 0.5},
-                      model="transformer", model_args={"n_layers": 1, "d_model": 16,
+                      model="transformer", model_args={"n_layers": n_layers, "d_model": 16,
                                                        "n_heads": 2, "d_mlp": 32,
                                                        "activation": "relu"},
                       steps=20, lr=3e-3, ckpt_per_decade=3, ckpt_dense_until=2), p)
+    return p
+
+
+def test_transformer_batched_equals_one_at_a_time(tmp_path):
+    p = _transformer_run(tmp_path / "trf.zarr", n_layers=1)
     kw = {**KW, "kde_samples": 20}
     one = analyze(p, batched=False, **kw)
     many = analyze(p, batched=True, **kw)
@@ -87,12 +92,7 @@ def test_transformer_final_block_at_the_last_position_changes_nothing(tmp_path, 
     # probes) run it there only; switched off, every number is the same up to rounding
     from ckptlab.models.transformer import Transformer
 
-    p = tmp_path / "trf2.zarr"
-    train(TrainConfig(task="modular", task_args={"p": 7, "train_fraction": 0.5},
-                      model="transformer", model_args={"n_layers": 2, "d_model": 16,
-                                                       "n_heads": 2, "d_mlp": 32,
-                                                       "activation": "relu"},
-                      steps=20, lr=3e-3, ckpt_per_decade=3, ckpt_dense_until=2), p)
+    p = _transformer_run(tmp_path / "trf2.zarr", n_layers=2)
     kw = {**KW, "kde_samples": 20}
     calls = []
     real = Transformer.last_position_modules

@@ -18,6 +18,7 @@ import torch
 from ..store import Run
 from .batched_mlp import batched_model
 from .capture import BatchedModel, CapturedModel, LayerMap, ModelSource
+from .memory import release_free_heap
 
 __all__ = ["Plan", "Block", "compute_block"]
 
@@ -45,20 +46,6 @@ class Plan:
 def _open(path: str, n_hint: int) -> Run:
     # one Run per worker process and archive state; n_hint keys it to the archive's length
     return Run(path)
-
-
-def _libc_trim():
-    """``malloc_trim(0)`` where the C library is glibc, else nothing."""
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return lambda: None
-    return lambda: trim(0)
-
-
-_trim = _libc_trim()
 
 
 class Block:
@@ -165,10 +152,6 @@ def compute_block(plan: Plan, start: int, stop: int, families: tuple, n_hint: in
             # NaN checkpoints: the kernels' own warnings would repeat the orchestrator's one
             warnings.simplefilter("ignore", RuntimeWarning)
             out[name] = plan.families[name].compute(block)
-    # Give the block's freed memory back to the OS. glibc's dynamic mmap threshold otherwise
-    # serves later blocks' buffers from a heap that fragments: measured, the peak memory of
-    # one analysis grew with its number of checkpoints (0.64 / 0.87 / 1.36 GB for 100 / 1000
-    # / 3000 on the digits MLP; with this 0.50 / 0.64 / 0.67).
     del block
-    _trim()
+    release_free_heap()  # bounds what the heap holds from block to block
     return out

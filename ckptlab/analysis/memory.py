@@ -7,9 +7,11 @@ busy or small machine, in a container with a memory limit, on a GPU that holds o
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["BLOCK_BYTES", "FREE_SHARE", "block_budget", "free_bytes"]
+__all__ = ["BLOCK_BYTES", "FREE_SHARE", "block_budget", "free_bytes", "release_free_heap"]
 
 #: Memory a block's checkpoints may take (parameters, hidden representations) by default.
 BLOCK_BYTES = 128 << 20
@@ -111,3 +113,60 @@ def block_budget(device: str = "cpu", workers: int = 1) -> int:
             budget = min(budget, int(FREE_SHARE * free) // max(1, workers))
     return max(1, budget)
 
+
+
+# ------------------------------------------------------------------------ the C heap after a block
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _heap_release(libc=None, keep: int = BLOCK_BYTES) -> Callable[[], bool]:
+    """The function :func:`release_free_heap` calls, for glibc's ``libc`` (else a no-op)."""
+    try:
+        libc = libc if libc is not None else ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return lambda: False
+    info = getattr(libc, "mallinfo2", None)  # glibc >= 2.33
+    if info is None:  # cannot tell what is free: release every time
+
+        def always() -> bool:
+            trim(0)
+            return True
+
+        return always
+    info.restype = _MallInfo2
+
+    def release() -> bool:
+        if info().fordblks <= keep:
+            return False
+        trim(0)
+        return True
+
+    return release
+
+
+_release = None
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free memory back to the OS once it exceeds :data:`BLOCK_BYTES`.
+
+    Called after every block. glibc keeps freed buffers in its heap, where they fragment:
+    without a release, the peak memory of an analysis grew with its number of checkpoints
+    (digits MLP, 3000 checkpoints: 691 MiB against 487 with a release after every block). But
+    a release after every block costs the next block a page fault per 4 KiB it touches (1700
+    per checkpoint there, about 10% of the time). So the heap is released only when its free
+    chunks (glibc's ``mallinfo2().fordblks``, resident or not) exceed one block's budget.
+
+    Returns
+    -------
+    bool
+        Whether memory was released (always False where the C library is not glibc).
+    """
+    global _release
+    if _release is None:
+        _release = _heap_release()
+    return _release()

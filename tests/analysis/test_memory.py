@@ -101,3 +101,45 @@ def test_block_size_on_a_cluster_from_its_workers_memory_limits():
     assert api._auto_block_size(40, sd0, None, None, "distributed", None,
                                 client=_FakeClient(big)) == 4
     assert api._cluster_budget(_FakeClient({})) == mem.BLOCK_BYTES
+
+
+class _FakeLibc:
+    """glibc's malloc_trim and mallinfo2 as the release sees them (fordblks: free heap)."""
+
+    def __init__(self, free: int, info: bool = True):
+        self.free, self.trims = free, 0
+        if info:
+            def mallinfo2():
+                return mem._MallInfo2(fordblks=self.free)
+
+            self.mallinfo2 = mallinfo2
+
+    def malloc_trim(self, pad):
+        assert pad == 0
+        self.trims += 1
+        self.free = 0
+        return 1
+
+
+def test_heap_released_only_beyond_one_block():
+    libc = _FakeLibc(free=(64 << 20))
+    release = mem._heap_release(libc, keep=128 << 20)
+    assert release() is False and libc.trims == 0  # kept for the next block
+    libc.free = (128 << 20) + 1
+    assert release() is True and libc.trims == 1
+    assert release() is False and libc.trims == 1  # nothing free after the release
+
+
+def test_heap_released_every_time_without_mallinfo2_and_never_without_glibc():
+    libc = _FakeLibc(free=0, info=False)  # glibc < 2.33: what is free cannot be told
+    release = mem._heap_release(libc)
+    assert release() is True and release() is True and libc.trims == 2
+
+    class NotGlibc:
+        pass
+
+    assert mem._heap_release(NotGlibc())() is False
+
+
+def test_release_free_heap_runs_here():
+    assert isinstance(mem.release_free_heap(), bool)

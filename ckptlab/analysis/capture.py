@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from ..errors import ValidationError
+from .fast_modules import use_fast_forwards
 
 __all__ = [
     "PIECEWISE_LINEAR",
@@ -194,7 +195,10 @@ class CapturedModel:
     ----------
     module : torch.nn.Module
         The model; put in inference mode (``eval()``). Its parameters are replaced by each
-        checkpoint's tensors (:meth:`load`), never edited otherwise.
+        checkpoint's tensors (:meth:`load`), never edited otherwise. Standard submodules get
+        forwards with the same results that run faster
+        (:func:`~ckptlab.analysis.fast_modules.use_fast_forwards`): pass a module of the
+        analysis's own, as :meth:`ModelSource.build` makes.
     layer_map : LayerMap
     x_ref : array
         One raw input row ``(1, ...)``. A forward pass that starts from a substituted
@@ -210,6 +214,7 @@ class CapturedModel:
     def __init__(self, module: nn.Module, layer_map: LayerMap, x_ref, *,
                  position: int | None = None, narrow: bool = False):
         self.module = module.eval()
+        use_fast_forwards(module)
         self.map = layer_map
         self.position = position
         self.narrow = narrow

@@ -335,7 +335,8 @@ def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None):
             lc_f, lmn_f = _forward_flops(path, name)
             lc_x, lmn_x, all_x = _executed_flops(d, name)
             raw[name] = {"baseline_s_per_ckpt": base, "baseline_s_each": base_each,
-                         "ours_1": o1, "ours_2_threads": o2t, "ours_2_processes": o2p, "lc_s": lc_s, "lmn_s": lmn_s,
+                         "ours_1": o1, "ours_2_threads": o2t, "ours_2_processes": o2p,
+                         "lc_s": lc_s, "lmn_s": lmn_s,
                          "lc_flops": lc_f, "lmn_flops": lmn_f, "lc_flops_executed": lc_x,
                          "lmn_flops_executed": lmn_x, "flops_executed": all_x}
             label = MODELS[name][0]

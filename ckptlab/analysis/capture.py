@@ -728,8 +728,8 @@ def _parse(arg: str, entry, module: nn.Module, events: list[_Call], n_calls: Cou
     ev = next(e for e in events if e.module == name and e.call == call)
     if side == "output" and not ev.out_tensor:
         raise ValidationError(
-            f"{arg}: module {name!r} returns {ev.kind.__name__} output that is not a tensor; name a "
-            "module that returns one")
+            f"{arg}: module {name!r} returns {ev.kind.__name__} output that is not a tensor; "
+            "name a module that returns one")
     if side == "input" and ev.in_shape is None:
         raise ValidationError(f"{arg}: module {name!r} takes no tensor as its first input")
     if side not in ("output", "input"):

@@ -40,9 +40,11 @@ def _tiling_max_pool(mod: nn.Module) -> tuple[int, int] | None:
 
 def _strided_max_pool(self: nn.MaxPool2d, x: Tensor) -> Tensor:
     kh, kw = self._ckptlab_window
-    h, w = x.shape[-2:] if x.ndim >= 3 else (0, 0)
-    if x.ndim not in (3, 4) or h < kh or w < kw or (self.ceil_mode and (h % kh or w % kw)):
+    if x.ndim not in (3, 4):
         return type(self).forward(self, x)  # its own kernel: its result or its error
+    h, w = x.shape[-2:]
+    if h < kh or w < kw or (self.ceil_mode and (h % kh or w % kw)):
+        return type(self).forward(self, x)
     ho, wo = h // kh, w // kw
     x = x[..., : ho * kh, : wo * kw]  # floor mode drops the rows and columns left over
     rows = x[..., 0::kh, :]

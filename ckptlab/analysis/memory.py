@@ -65,8 +65,8 @@ def free_bytes(device: str = "cpu") -> int | None:
 
     CPU: Linux's ``MemAvailable`` (free memory plus what the kernel can reclaim from its
     caches), and the room left under the process's cgroup memory limit (v2 or v1) if it has
-    one, whichever is least. Other systems: None. CUDA: the free memory of the current device as the driver
-    reports it.
+    one, whichever is least. Other systems: None. CUDA: the free memory of the current device
+    as the driver reports it.
     """
     if device == "cuda":
         import torch
@@ -112,7 +112,6 @@ def block_budget(device: str = "cpu", workers: int = 1) -> int:
         if free is not None:
             budget = min(budget, int(FREE_SHARE * free) // max(1, workers))
     return max(1, budget)
-
 
 
 # ------------------------------------------------------------------------ the C heap after a block

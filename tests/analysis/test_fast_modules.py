@@ -123,7 +123,8 @@ def test_analysis_equals_the_one_with_torchs_own_pooling(tmp_path):
     path = tmp_path / "cnn.zarr"
     with Recorder(path, model=net, data=data) as rec:
         for i in range(3):
-            rec.save(i, {k: v + 0.05 * i * torch.randn_like(v) for k, v in net.state_dict().items()})
+            rec.save(i, {k: v + 0.05 * i * torch.randn_like(v)
+                         for k, v in net.state_dict().items()})
     kw = dict(metrics=("mi", "lc", "lmn"), estimators=("binning", "kde"), store=False,
               probe_size=200, kde_samples=100, lc_points=8, lmn_samples=8)
     fast = analyze(path, model=_CNN, **kw)

@@ -76,9 +76,10 @@ class BatchedMLP(BatchedModel):
         return torch.bmm(h, w) if b is None else torch.baddbmm(b[:, None, :], h, w)
 
     def _run(self, h: Tensor, where: list, *, start: tuple[str, int] | None,
-             need_logits: bool) -> tuple[Tensor | None, list]:
+             need_logits: bool, scratch: bool = False) -> tuple[Tensor | None, list]:
         """From ``h`` (the input, or the representation at ``start``) to the logits, keeping
-        the representations at ``where`` (in order); stops early when no logits are needed."""
+        the representations at ``where`` (in order); stops early when no logits are needed.
+        ``h`` is overwritten only when ``scratch`` (a ReLU in place on a pre-activation)."""
         got: dict = {}
         wanted = set(where)
         if start is None:
@@ -94,8 +95,9 @@ class BatchedMLP(BatchedModel):
             got[("z", i)] = z
             if not need_logits and wanted <= got.keys():
                 break
-            if self._relu[i] and ("z", i) not in wanted and not (i == first and a is None):
-                a = z.clamp_min_(0.0)  # nothing reads z (and it is not the caller's): in place
+            own = scratch or not (i == first and a is None)  # z is not the caller's
+            if self._relu[i] and ("z", i) not in wanted and own:
+                a = z.clamp_min_(0.0)  # nothing reads z: in place
                 got.pop(("z", i))
             else:
                 a = self._acts[i](z)
@@ -135,7 +137,8 @@ class BatchedMLP(BatchedModel):
 
     # preact_fn and the embedding-cut LMN head are the base class's, through from_embedding
 
-    def lmn_split(self, cut: Tap | None = None) -> tuple[Callable, Callable]:
+    def lmn_split(self, cut: Tap | None = None, *, scratch: bool = False,
+                  ) -> tuple[Callable, Callable]:
         to_h, head = super().lmn_split(cut)
         cm = self.cm
         cut = cut if cut is not None else cm.map.lmn_from
@@ -144,6 +147,6 @@ class BatchedMLP(BatchedModel):
             return to_h, head
 
         def from_cut(h: Tensor) -> Tensor:  # a hidden layer (or the affine layer after it) on
-            return self._run(h, [], start=where, need_logits=True)[0]
+            return self._run(h, [], start=where, need_logits=True, scratch=scratch)[0]
 
         return to_h, from_cut

@@ -620,8 +620,13 @@ class BatchedModel:
 
         return fn
 
-    def lmn_split(self, cut: Tap | None = None) -> tuple[Callable, Callable]:
-        """``(to_h, head)`` with a leading checkpoint dim on ``h`` and on the logits."""
+    def lmn_split(self, cut: Tap | None = None, *, scratch: bool = False,
+                  ) -> tuple[Callable, Callable]:
+        """``(to_h, head)`` with a leading checkpoint dim on ``h`` and on the logits.
+
+        ``scratch=True`` lets ``head`` overwrite its input (the caller's path points, made
+        for the call), which the batched MLP uses to apply its first activation in place.
+        """
         cm = self.cm
         cut = cut if cut is not None else cm.map.lmn_from
         if cut is None or cut == cm.map.embedding:

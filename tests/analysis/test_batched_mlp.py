@@ -100,3 +100,10 @@ def test_views_match_the_general_path_tap_by_tap(relu_run):
             before = h.clone()
             torch.testing.assert_close(ha(h), hb(h))
             assert torch.equal(h, before)  # the head leaves its input alone
+            # a scratch head may overwrite its input (a ReLU in place) and still agrees
+            _, hs = fast.lmn_split(c, scratch=True)
+            torch.testing.assert_close(hs(h.clone()), hb(h))
+        _, hs = fast.lmn_split(cut, scratch=True)
+        z = fast.lmn_split(cut)[0](x)
+        hs(z)
+        assert bool((z >= 0).all()) and not torch.equal(z, fast.lmn_split(cut)[0](x))

@@ -69,7 +69,8 @@ class LinearMappingNumber(Family):
     def compute(self, block):
         vals = np.full(block.m, np.nan)
         if block.batched is not None:
-            to_h, head = block.batched.lmn_split(self.cut)
+            # the kernel hands head fresh path points it may overwrite
+            to_h, head = block.batched.lmn_split(self.cut, scratch=True)
             with torch.no_grad():
                 vals = np.asarray(lmn_k.linear_mapping_number(
                     to_h(self.x), head, constant_rule=self.constant_rule,

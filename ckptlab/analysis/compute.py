@@ -130,10 +130,17 @@ class Block:
 
     @property
     def hidden(self) -> dict:
-        """``label -> (m, N, d)`` float64 hidden representations of the probe set."""
+        """``label -> (m, N, d)`` hidden representations of the probe set, as numpy arrays in
+        the dtype they were computed in (float16 and bfloat16 as float32).
+
+        Not widened to float64 here: every MI and rank kernel widens what it reads (exact),
+        and the KDE a subset only. A float64 copy of the block was the largest buffer of
+        its MI pass (50 MB for 1024 probes through the digits MLP) and 1 ms per checkpoint.
+        """
         if self._hidden is None:
             reps, self._reps = self.reps, None  # one copy held at a time
-            self._hidden = {k: v.double().cpu().numpy() for k, v in reps.items()}
+            self._hidden = {k: (v if v.dtype in (torch.float32, torch.float64) else v.float())
+                            .cpu().numpy() for k, v in reps.items()}
         return self._hidden
 
 

@@ -108,3 +108,19 @@ def test_transformer_final_block_at_the_last_position_changes_nothing(tmp_path, 
     full = analyze(p, batched=True, **kw)
     xr.testing.assert_allclose(fast, full, rtol=1e-5, atol=1e-5)
     assert int(fast["lc"].count()) > 0 and float(fast["lc"].max()) > 0  # LC read every position
+
+
+def test_block_hidden_keeps_the_computed_dtype_and_widens_half_precision():
+    from ckptlab.analysis.compute import Block
+
+    block = Block.__new__(Block)  # only the representations matter here
+    reps = {"a": torch.randn(2, 5, 3), "b": torch.randn(2, 5, 3, dtype=torch.float64),
+            "c": torch.randn(2, 5, 3, dtype=torch.bfloat16),
+            "d": torch.randn(2, 5, 3, dtype=torch.float16)}
+    block._reps, block._hidden = dict(reps), None
+    hid = block.hidden
+    assert {k: v.dtype for k, v in hid.items()} == {
+        "a": np.float32, "b": np.float64, "c": np.float32, "d": np.float32}
+    for k, v in reps.items():  # exact: every value as computed
+        np.testing.assert_array_equal(hid[k], v.float().numpy() if k != "b" else v.numpy())
+    assert block._reps is None  # one copy held at a time

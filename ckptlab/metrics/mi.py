@@ -40,6 +40,7 @@ concepts. Neural Networks 117, 104-123 (the kernel-width rule used by :func:`mi_
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -532,13 +533,14 @@ def _sq_dists(
     return d.baddbmm_(a, b.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0)
 
 
-def _kde_row_sums(x: torch.Tensor, onehot: torch.Tensor, variances) -> list:
+def _kde_row_sums(x: torch.Tensor, classes: _Classes, variances) -> list:
     """Per variance v: (log sum_j K_ij, log sum_{j in class(i)} K_ij) for every row i.
 
     K_ij = exp(-||x_i - x_j||^2 / (2 v)). With the self-distance set to exactly 0, every
     exponent is <= 0 and the diagonal term is 1: the sums lie in [1, N] and need no max-shift
     (the reason logsumexp exists), so the distances are computed once for all variances and
-    the within-class sums are one matmul with the one-hot labels instead of a pass per class.
+    the sums and the within-class sums are one matmul with a ones column and the one-hot labels
+    instead of a pass per class.
 
     K is symmetric: square tiles on and above the diagonal only, each adding its row sums to
     its rows and its column sums to its columns (half the distance products and exponentials).
@@ -567,7 +569,7 @@ def _kde_row_sums(x: torch.Tensor, onehot: torch.Tensor, variances) -> list:
             e[:, d, d] = 0.0  # exact self-distance, whatever the rounding
         for j in order:
             k = e.exp_() if variances[j] == v0 else e.mul(v0 / variances[j]).exp_()
-            _add_tile_sums(*sums[j], k, onehot, i0, i1, j0, j1)
+            _add_tile_sums(*sums[j], k, classes, i0, i1, j0, j1)
     return [(full.log_(), within.log_()) for full, within in sums]
 
 
@@ -580,17 +582,41 @@ def _upper_tiles(n: int, b: int, elements: int):
             yield i0, min(n, i0 + tile), j0, min(n, j0 + tile)
 
 
-def _add_tile_sums(full, within, k, onehot, i0, i1, j0, j1) -> None:
+class _Classes(NamedTuple):
+    """Rows' classes for the kernel sums: ``columns`` is ``(N, 1 + C)``, a column of ones
+    and then the one-hot classes; ``ids`` the class of each row, ``(N,)`` int64."""
+
+    columns: torch.Tensor
+    ids: torch.Tensor
+
+
+def _classes(yid: np.ndarray, n_classes: int) -> _Classes:
+    ids = torch.from_numpy(np.asarray(yid, dtype=np.int64))
+    columns = torch.zeros((ids.shape[0], 1 + n_classes), dtype=torch.float64)
+    columns[:, 0] = 1.0
+    columns[torch.arange(ids.shape[0]), 1 + ids] = 1.0
+    return _Classes(columns, ids)
+
+
+def _add_tile_sums(full, within, k, classes: _Classes, i0, i1, j0, j1) -> None:
     """Add tile ``K[:, i0:i1, j0:j1]`` of a symmetric kernel to the row sums (``full``) and
-    within-class row sums (``within``) of its rows and, off the diagonal, of its columns."""
-    own_i, own_j = onehot[i0:i1], onehot[j0:j1]
-    full[:, i0:i1] += k.sum(dim=-1)
-    within[:, i0:i1] += (torch.matmul(k, own_j) * own_i).sum(dim=-1)
+    within-class row sums (``within``) of its rows and, off the diagonal, of its columns.
+
+    One matmul per side gives both: against the ones column, the sums; against the one-hot
+    columns, the sums per class, of which each row keeps its own class's (1.5x faster than
+    the sums, a matmul and a masked sum apiece).
+    """
+    b = k.shape[0]
+    per_class = torch.matmul(k, classes.columns[j0:j1])  # (b, rows, 1 + C)
+    full[:, i0:i1] += per_class[..., 0]
+    own = (1 + classes.ids[i0:i1]).expand(b, -1)
+    within[:, i0:i1] += per_class.gather(-1, own[..., None])[..., 0]
     if j0 != i0:
-        full[:, j0:j1] += k.sum(dim=-2)
-        # classes x columns: (own_i^T K), not (K^T own_i), whose matmul copied K
-        within[:, j0:j1] += (torch.bmm(own_i.T.expand(k.shape[0], -1, -1), k)
-                             * own_j.T).sum(dim=-2)
+        # (1 + C) x columns: (columns_i^T K), not (K^T columns_i), whose matmul copied K
+        per_class = torch.matmul(classes.columns[i0:i1].T, k)  # (b, 1 + C, cols)
+        full[:, j0:j1] += per_class[:, 0]
+        own = (1 + classes.ids[j0:j1]).expand(b, -1)
+        within[:, j0:j1] += per_class.gather(-2, own[:, None, :])[:, 0]
 
 
 def mi_kde_bounds(t, y, *, sigma2: float = 0.1):
@@ -611,13 +637,12 @@ def _kde(t, y, sigma2: float, bounds) -> tuple:
     yid, class_counts = _as_labels(y, n)
     flat, batch_shape, finite = _flatten_batch(arr)
     x = _to_torch(flat)
-    onehot = torch.zeros((n, len(class_counts)), dtype=torch.float64)
-    onehot[torch.arange(n), torch.from_numpy(yid.astype(np.int64))] = 1.0
+    classes = _classes(yid, len(class_counts))
     log_nc = torch.from_numpy(np.log(class_counts.astype(np.float64)))[torch.from_numpy(
         yid.astype(np.int64))]
     variances = [sigma2 if b == "upper" else 4.0 * sigma2 for b in bounds]
     out = []
-    for full, within in _kde_row_sums(x, onehot, variances):
+    for full, within in _kde_row_sums(x, classes, variances):
         i_xt = math.log(n) - full.mean(dim=-1)
         # sum_l p_l (1/N_l) sum_{i in l} [log N_l - log sum_{j in l} K_ij] is a mean over i
         h_cond = (log_nc - within).mean(dim=-1)

@@ -76,12 +76,13 @@ from .._checks import check_choice, check_float, check_int
 from ..errors import ValidationError
 from .mi import (
     EXP_FLOOR,
-    _add_tile_sums,
     _adaptive_codes,
+    _add_tile_sums,
     _as_labels,
     _as_layer,
     _as_real_array,
     _check_alpha,
+    _classes,
     _entropy_from_counts,
     _finish,
     _flatten_batch,
@@ -471,7 +472,7 @@ def layer_scale(t=None, *, rule: str = "knn", k: int = 10, sq_dists=None):
 # --------------------------------------------------------------------------------------------
 
 
-def _kde_sums_relative(dist, scale, onehot, variances):
+def _kde_sums_relative(dist, scale, classes, variances):
     """Per relative variance v: (log sum_j K_ij, log sum_{j in class(i)} K_ij) for every row.
 
     ``K_ij = exp(-D_ij / (2 v s^2))`` with ``s`` the item's scale; an item with ``s = 0`` gets
@@ -497,7 +498,7 @@ def _kde_sums_relative(dist, scale, onehot, variances):
             kern = torch.empty_like(e)
         for (full, within), v in zip(sums, variances):
             torch.mul(e, 1.0 / v, out=kern).clamp_min_(EXP_FLOOR).exp_()
-            _add_tile_sums(full, within, kern, onehot, i0, i1, j0, j1)
+            _add_tile_sums(full, within, kern, classes, i0, i1, j0, j1)
     return [(full.log_(), within.log_()) for full, within in sums]
 
 
@@ -593,9 +594,8 @@ def mi_kde_relative(
     if scale_rule == "knn":
         k = _check_neighbours("k", k, n)
 
-    onehot = torch.zeros((n, class_counts.shape[0]), dtype=torch.float64)
-    yt = torch.from_numpy(yid)
-    onehot[torch.arange(n), yt] = 1.0
+    classes = _classes(yid, class_counts.shape[0])
+    yt = classes.ids
     log_nc = torch.from_numpy(np.log(class_counts.astype(np.float64)))[yt]
     # relative variances v / s^2: c^2 (upper) and 4 c^2 (lower), each exponentiated once
     rel = np.concatenate([res**2, 4.0 * res**2])
@@ -616,7 +616,7 @@ def mi_kde_relative(
             dist = _full_dists(flat[lo:hi])
         s = _scale_from_full(dist, scale_rule, k)
         scales[lo:hi] = s.numpy()
-        sums = _kde_sums_relative(dist, s, onehot, variances)
+        sums = _kde_sums_relative(dist, s, classes, variances)
         i_xt = torch.stack([math.log(n) - full.mean(dim=-1) for full, _ in sums], dim=-1)
         h_cond = torch.stack([(log_nc - within).mean(dim=-1) for _, within in sums], dim=-1)
         xt[lo:hi] = (i_xt / _LN2).numpy()[:, where_]

@@ -233,14 +233,34 @@ def bin_codes(t, *, n_bins: int, lo, hi) -> np.ndarray:
     return _bin_codes(arr, n_bins, lo_a, hi_a).astype(np.int64)
 
 
+#: Values per chunk of the bin codes: a 512 KiB float64 buffer (2^15..2^17 measured alike,
+#: 2^20 15-25% slower, out of cache)
+_BIN_CHUNK = 2**16
+
+
 def _bin_codes(arr: np.ndarray, n_bins: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """floor((arr - lo) / width) clipped, in float64; uint8 codes up to 256 bins, else int64."""
+    """floor((arr - lo) / width) clipped, in float64; uint8 codes up to 256 bins, else int64.
+
+    In row chunks of about ``_BIN_CHUNK`` values through one float64 buffer that stays in
+    cache: the whole layer's float64 quotient was the peak of an analysis's memory (16 MB
+    for 10 checkpoints x 1024 probes x 200 units), and chunks are 10% faster.
+    """
     width = (hi - lo) / n_bins
-    q = np.subtract(arr, lo, dtype=np.float64)
-    q /= width
-    np.floor(q, out=q)
-    np.clip(q, 0, n_bins - 1, out=q)
-    return q.astype(np.uint8 if n_bins <= 256 else np.int64)
+    codes = np.empty(arr.shape, dtype=np.uint8 if n_bins <= 256 else np.int64)
+    if arr.size == 0:
+        return codes
+    d = arr.shape[-1]
+    rows, out = arr.reshape(-1, d), codes.reshape(-1, d)
+    step = max(1, _BIN_CHUNK // max(1, d))
+    buf = np.empty((min(step, len(rows)), d), dtype=np.float64)
+    for a in range(0, len(rows), step):
+        q = buf[: len(rows[a : a + step])]
+        np.subtract(rows[a : a + step], lo, out=q, dtype=np.float64)
+        q /= width
+        np.floor(q, out=q)
+        np.clip(q, 0, n_bins - 1, out=q)
+        out[a : a + step] = q
+    return codes
 
 
 def adaptive_edges(t, *, n_bins: int = 30) -> np.ndarray:

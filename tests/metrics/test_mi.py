@@ -195,6 +195,17 @@ def test_mi_binning_per_unit_range(rng):
     assert mi_binning(t, y, n_bins=4, lo=lo, hi=hi) == pytest.approx(sk_mi_bits(codes, y), abs=1e-10)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 2**16])  # values per chunk: 1 row, rows, all
+def test_bin_codes_in_chunks_equal_the_whole_array_oracle(rng, monkeypatch, chunk):
+    monkeypatch.setattr(mi_mod, "_BIN_CHUNK", chunk)
+    t = rng.normal(0, 4, size=(3, 50, 3)).astype(np.float32)
+    lo, hi = np.array([0.0, -10.0, -2.0]), np.array([1.0, 10.0, 2.0])
+    for n_bins in (4, 300):  # uint8 codes and int64 codes
+        got = bin_codes(t, n_bins=n_bins, lo=lo, hi=hi)
+        want = np.stack([digitize_codes(x.astype(np.float64), n_bins, lo, hi) for x in t])
+        np.testing.assert_array_equal(got, want)
+
+
 def test_mi_binning_batch_each_item_matches_oracle_and_nan_item(rng):
     t = np.tanh(rng.normal(size=(4, 120, 3)) * np.array([0.3, 1.0, 3.0, 1.0])[:, None, None])
     t[3, 5, 1] = np.nan

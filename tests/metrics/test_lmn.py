@@ -186,6 +186,31 @@ def test_nan_gives_nan_not_exception():
     assert np.isnan(linear_mapping_number(h, inf_f))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inside_a_path_makes_only_that_pair_nan(bad):
+    # One output turns non-finite where x[0] lies in (0.45, 0.55): only inside the paths that
+    # cross that band (every sample lies outside it); the other pairs match the oracle
+    g = torch.Generator().manual_seed(7)
+    h = torch.rand(8, 2, generator=g, dtype=torch.float64)
+    h[:, 0] = torch.where(h[:, 0] < 0.5, h[:, 0] * 0.8, 0.6 + h[:, 0] * 0.4)
+    base = tanh_mlp(2, 6, 3, seed=9)
+
+    def f(x):
+        y = base(x).clone()
+        y[(x[:, 0] > 0.45) & (x[:, 0] < 0.55), 1] = bad
+        return y
+
+    lam = np.linspace(0.0, 1.0, 21)
+    x0 = h[:, 0].numpy()
+    crosses = np.array([[i != j and bool(np.any((np.abs(x0[i] + lam * (x0[j] - x0[i]) - 0.5)
+                                                  < 0.05))) for j in range(8)] for i in range(8)])
+    assert crosses.any() and (~crosses & ~np.eye(8, dtype=bool)).any()
+    L = linear_mapping_matrix(h, f)
+    assert np.array_equal(np.isnan(L), crosses)
+    ok = ~crosses
+    np.testing.assert_allclose(L[ok], brute_force_L(h, base)[ok], atol=1e-12)
+
+
 def test_lmn_bounds_on_random_net():
     f = tanh_mlp(3, 16, 5, seed=8)
     h = torch.randn(20, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 3

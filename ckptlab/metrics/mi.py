@@ -254,8 +254,9 @@ def _bin_codes(arr: np.ndarray, n_bins: int, lo: np.ndarray, hi: np.ndarray) -> 
     step = max(1, _BIN_CHUNK // max(1, d))
     buf = np.empty((min(step, len(rows)), d), dtype=np.float64)
     for a in range(0, len(rows), step):
-        q = buf[: len(rows[a : a + step])]
-        np.subtract(rows[a : a + step], lo, out=q, dtype=np.float64)
+        chunk = rows[a : a + step]
+        q = buf[: len(chunk)]
+        np.subtract(chunk, lo, out=q, dtype=np.float64)
         q /= width
         np.floor(q, out=q)
         np.clip(q, 0, n_bins - 1, out=q)
@@ -553,6 +554,22 @@ def _sq_dists(
     return d.baddbmm_(a, b.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0)
 
 
+class _Classes(NamedTuple):
+    """Rows' classes for the kernel sums: ``columns`` is ``(N, 1 + C)``, a column of ones
+    and then the one-hot classes; ``ids`` the class of each row, ``(N,)`` int64."""
+
+    columns: torch.Tensor
+    ids: torch.Tensor
+
+
+def _classes(yid: np.ndarray, n_classes: int) -> _Classes:
+    ids = torch.from_numpy(np.asarray(yid, dtype=np.int64))
+    columns = torch.zeros((ids.shape[0], 1 + n_classes), dtype=torch.float64)
+    columns[:, 0] = 1.0
+    columns[torch.arange(ids.shape[0]), 1 + ids] = 1.0
+    return _Classes(columns, ids)
+
+
 def _kde_row_sums(x: torch.Tensor, classes: _Classes, variances) -> list:
     """Per variance v: (log sum_j K_ij, log sum_{j in class(i)} K_ij) for every row i.
 
@@ -602,22 +619,6 @@ def _upper_tiles(n: int, b: int, elements: int):
             yield i0, min(n, i0 + tile), j0, min(n, j0 + tile)
 
 
-class _Classes(NamedTuple):
-    """Rows' classes for the kernel sums: ``columns`` is ``(N, 1 + C)``, a column of ones
-    and then the one-hot classes; ``ids`` the class of each row, ``(N,)`` int64."""
-
-    columns: torch.Tensor
-    ids: torch.Tensor
-
-
-def _classes(yid: np.ndarray, n_classes: int) -> _Classes:
-    ids = torch.from_numpy(np.asarray(yid, dtype=np.int64))
-    columns = torch.zeros((ids.shape[0], 1 + n_classes), dtype=torch.float64)
-    columns[:, 0] = 1.0
-    columns[torch.arange(ids.shape[0]), 1 + ids] = 1.0
-    return _Classes(columns, ids)
-
-
 def _add_tile_sums(full, within, k, classes: _Classes, i0, i1, j0, j1) -> None:
     """Add tile ``K[:, i0:i1, j0:j1]`` of a symmetric kernel to the row sums (``full``) and
     within-class row sums (``within``) of its rows and, off the diagonal, of its columns.
@@ -658,8 +659,7 @@ def _kde(t, y, sigma2: float, bounds) -> tuple:
     flat, batch_shape, finite = _flatten_batch(arr)
     x = _to_torch(flat)
     classes = _classes(yid, len(class_counts))
-    log_nc = torch.from_numpy(np.log(class_counts.astype(np.float64)))[torch.from_numpy(
-        yid.astype(np.int64))]
+    log_nc = torch.from_numpy(np.log(class_counts.astype(np.float64)))[classes.ids]
     variances = [sigma2 if b == "upper" else 4.0 * sigma2 for b in bounds]
     out = []
     for full, within in _kde_row_sums(x, classes, variances):

@@ -153,60 +153,66 @@ def _plain_views(name, model):
     return hidden, pre, model.lmn_split(), model.embed
 
 
-def _baseline(files, data, name, model) -> list[float]:
+def _baseline(files, data, name, model, device="cpu") -> list[float]:
     """Seconds of the plain loop for each checkpoint: load, MI (binning, KDE), LC, LMN,
-    weights."""
+    weights. On a GPU the model's passes run there and the numpy parts on the CPU, as a
+    user's code would."""
+    dev = torch.device(device)
+    model = model.to(dev)
     x = np.concatenate([data["x_train"], data["x_test"]])[:COMMON["probe_size"]]
     y = np.concatenate([data["y_train"], data["y_test"]])[:COMMON["probe_size"]]
-    xt = torch.from_numpy(x)
-    pts = {s: torch.from_numpy(data[f"x_{s}"][:COMMON["lc_points"]]) for s in ("train", "test")}
-    lmn_x = torch.from_numpy(data["x_train"][:COMMON["lmn_samples"]])
+    xt = torch.from_numpy(x).to(dev)
+    pts = {s: torch.from_numpy(data[f"x_{s}"][:COMMON["lc_points"]]).to(dev)
+           for s in ("train", "test")}
+    lmn_x = torch.from_numpy(data["x_train"][:COMMON["lmn_samples"]]).to(dev)
     hidden, pre, (to_h, head), embed = _plain_views(name, model)
     times = []
     for f in files:
         t0 = time.perf_counter()
-        sd = torch.load(f, weights_only=True)
+        sd = torch.load(f, weights_only=True, map_location=dev)
         model.load_state_dict(sd)
         with torch.no_grad():
             for t in hidden(xt):
-                t = t.double().numpy()
+                t = t.double().cpu().numpy()
                 _baseline_binning(t, y, float(t.min()), float(t.max()))
                 k = COMMON["kde_samples"]
                 _baseline_kde(t[:k], y[:k], 0.1)
             for s in ("train", "test"):
                 e = embed(pts[s])
                 d = e.shape[1]
-                dirs = torch.linalg.qr(torch.randn(d, COMMON["n_directions"]))[0].T
+                dirs = torch.linalg.qr(torch.randn(d, COMMON["n_directions"], device=dev))[0].T
                 for p in e:  # one point at a time, as the source does
                     verts = torch.cat([p + 0.05 * dirs, p - 0.05 * dirs])
                     for z in pre(verts)[:-1]:
                         ((z > 0).any(0) & (z < 0).any(0)).sum()
             h = to_h(lmn_x)
-            lam = torch.linspace(0, 1, 21)
+            lam = torch.linspace(0, 1, 21, device=dev)
             n = len(h)
             L = np.eye(n)
             for i in range(n):
                 for j in range(i + 1, n):
-                    out = head(h[i] + lam[:, None] * (h[j] - h[i])).double().numpy()
-                    c = [np.corrcoef(lam.numpy(), out[:, k])[0, 1] for k in range(out.shape[1])]
+                    out = head(h[i] + lam[:, None] * (h[j] - h[i])).double().cpu().numpy()
+                    c = [np.corrcoef(lam.cpu().numpy(), out[:, k])[0, 1]
+                         for k in range(out.shape[1])]
                     L[i, j] = L[j, i] = np.nanmean(np.square(c))
             np.linalg.eigvalsh(L)
             for v in sd.values():
                 if v.ndim >= 2 and v.is_floating_point():
-                    np.linalg.svd(v.reshape(v.shape[0], -1).double().numpy(), compute_uv=False)
+                    np.linalg.svd(v.reshape(v.shape[0], -1).double().cpu().numpy(),
+                                  compute_uv=False)
         times.append(time.perf_counter() - t0)
     return times
 
 
 # ----------------------------------------------------------------------------- ours
-def _ours(path, name, workers, scheduler=None, **kw) -> float:
+def _ours(path, name, workers, scheduler=None, device="cpu", **kw) -> float:
     from ckptlab.analysis import analyze
 
     sched = scheduler or ("threads" if workers > 1 else "synchronous")
     model = UserCNN if MODELS[name][1] is None else None
     t0 = time.perf_counter()
     ds = analyze(path, model=model, store=False, scheduler=sched, n_workers=workers,
-                 **{**COMMON, **kw})
+                 device=device, **{**COMMON, **kw})
     return (time.perf_counter() - t0) / ds.sizes["step"]
 
 
@@ -260,36 +266,52 @@ def _executed_flops(d: Path, name: str, n: int = 2) -> tuple[float, float, float
     return out[0], out[1], out[2]
 
 
-def _matmul_rate() -> float:
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def _matmul_rate(device: str = "cpu") -> float:
+    """float32 FLOP/s of a square matmul: 1024^2 on 1 CPU thread; 4096^2 on a GPU (TF32 as
+    torch's settings leave it: off for matmuls unless a user turns it on)."""
+    n = 1024 if device == "cpu" else 4096
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     t0 = time.perf_counter()
     for _ in range(20):
         a @ b
-    return 2 * 1024 ** 3 * 20 / (time.perf_counter() - t0)
+    sync()
+    return 2 * n ** 3 * 20 / (time.perf_counter() - t0)
 
 
 # The child's own peak: VmHWM belongs to the memory map exec made. ru_maxrss does not: Linux
 # carries it over exec from the forked parent, so a benchmark process that had grown larger
 # than the analysis reported its own size for both archives.
+# On a GPU it also prints the peak of torch's allocations there.
 _MEM_CHILD = r"""
 import resource, sys
 import ckptlab
+device = sys.argv[2]
 ckptlab.analyze(sys.argv[1], metrics=("mi", "weights"), estimators=("binning", "kde"),
-                store=False, scheduler="synchronous", probe_size=1024, kde_samples=512)
+                store=False, scheduler="synchronous", probe_size=1024, kde_samples=512,
+                device=device)
 try:
     with open("/proc/self/status") as f:
-        print(next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM")))
+        rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
 except OSError:  # no procfs
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if device == "cuda":
+    import torch
+    print(rss, torch.cuda.max_memory_allocated())
+else:
+    print(rss, 0)
 """
 
 
-def _peak_rss(path: Path) -> int:
-    out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(path)], capture_output=True,
-                         text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+def _peak_memory(path: Path, device: str = "cpu") -> tuple[int, int]:
+    """Peak RSS and (on a GPU) peak GPU allocation, in bytes, of an analysis in a child."""
+    out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(path), device],
+                         capture_output=True, text=True, check=True)
+    rss, gpu = out.stdout.strip().splitlines()[-1].split()
+    return int(rss), int(gpu)
 
 
 # checkpoints per model unless --checkpoints says otherwise: a few hundred, the transformer
@@ -304,11 +326,13 @@ def _n_checkpoints(name: str, checkpoints: int | None) -> int:
     return DEFAULT_CHECKPOINTS.get(name, DEFAULT_CHECKPOINTS_OTHERS)
 
 
-def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None):
+def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None, device="cpu",
+        memory_sizes=(100, 1000, 3000)):
     torch.set_num_threads(1)
-    rows, raw = [], {}
-    rate = _matmul_rate()
+    rows, raw = [], {"device": device}
+    rate = _matmul_rate(device)
     raw["matmul_flop_s"] = rate
+    mm = "1024^2 matmul, 1 thread" if device == "cpu" else "4096^2 float32 matmul, GPU"
     with tempfile.TemporaryDirectory(dir=tmpdir) as d:
         d = Path(d)
         for name in models:
@@ -319,19 +343,25 @@ def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None):
             data = Run(path).data()
             # the best checkpoint, as ours are the best of two runs: the same work each time,
             # so the least disturbed one (a mean of 4 moved by 25% between runs of one day)
-            base_each = _baseline(files, data, name, _module(name))
+            base_each = _baseline(files, data, name, _module(name), device)
             base = min(base_each)
             # the best of two runs each; the first processes run of the session also starts
             # the fork server, so it is reported on its own
-            o1 = min(_ours(path, name, 1) for _ in range(2))
-            o2t = min(_ours(path, name, 2, "threads") for _ in range(2))
+            o1 = min(_ours(path, name, 1, device=device) for _ in range(2))
+            o2t = min(_ours(path, name, 2, "threads", device=device) for _ in range(2))
             first_pool = "first_processes_run" not in raw
-            runs = [_ours(path, name, 2, "processes") for _ in range(2)]
+            try:
+                runs = [_ours(path, name, 2, "processes", device=device) for _ in range(2)]
+                proc_error = ""
+            except Exception as exc:  # reported in the table, the other rows still measured
+                if device == "cpu":
+                    raise
+                runs, proc_error = [float("nan")] * 2, f"failed: {type(exc).__name__}: {exc}"
             o2p = min(runs)
             if first_pool:
                 raw["first_processes_run"] = {"model": name, "s_per_ckpt": runs[0]}
-            lc_s = _ours(path, name, 1, metrics=("lc",))
-            lmn_s = _ours(path, name, 1, metrics=("lmn",))
+            lc_s = _ours(path, name, 1, device=device, metrics=("lc",))
+            lmn_s = _ours(path, name, 1, device=device, metrics=("lmn",))
             lc_f, lmn_f = _forward_flops(path, name)
             lc_x, lmn_x, all_x = _executed_flops(d, name)
             raw[name] = {"baseline_s_per_ckpt": base, "baseline_s_each": base_each,
@@ -349,42 +379,48 @@ def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None):
             rows.append(Row(f"{name}: ceiling at the matmul rate", rate / all_x, "ckpt/s",
                             1 / base, "plain loop",
                             note=f"{all_x / 1e9:.2f} GFLOP per checkpoint executed (matmuls, "
-                                 "convolutions) over the 1024^2 matmul rate"))
+                                 f"convolutions) over the matmul rate ({mm})"))
             rows.append(Row(f"{name}: 2 workers (threads) vs 1", 1 / o2t, "ckpt/s", 1 / o1,
                             "1 worker", Target(">=", 1.8)))
             rows.append(Row(f"{name}: 2 workers (processes) vs 1", 1 / o2p, "ckpt/s", 1 / o1,
                             "1 worker", Target(">=", 1.8),
-                            note=(f"the session's first processes run, which starts the fork "
-                                  f"server: {o1 / runs[0]:.2f}x") if first_pool else ""))
+                            note=proc_error or ((f"the session's first processes run, which "
+                                                 f"starts the fork server: {o1 / runs[0]:.2f}x")
+                                                if first_pool else "")))
             rows.append(Row(f"{name}: LC forward FLOP rate", lc_x / lc_s / 1e9, "GFLOP/s",
-                            rate / 1e9, "1024^2 matmul, 1 thread", Target(">=", 0.3),
+                            rate / 1e9, mm, Target(">=", 0.3),
                             note="FLOPs analyze executes, counted by torch.utils.flop_counter"))
             rows.append(Row(f"{name}: LMN forward FLOP rate", lmn_x / lmn_s / 1e9, "GFLOP/s",
-                            rate / 1e9, "1024^2 matmul, 1 thread", Target(">=", 0.3),
+                            rate / 1e9, mm, Target(">=", 0.3),
                             note=f"executes {lmn_x / lmn_f:.0%} of the plain paths' FLOPs"))
             rows.append(Row(f"{name}: LMN plain-path FLOPs / time", lmn_f / lmn_s / 1e9,
-                            "GFLOP/s", rate / 1e9, "1024^2 matmul, 1 thread",
+                            "GFLOP/s", rate / 1e9, mm,
                             note="the FLOPs of pushing every path point through the head, "
                                  "over the time the shortcuts take: an effective rate"))
-        # memory: 100, 1000 and 3000 checkpoints of the digits MLP (bounded by the block?)
+        # memory: 100, 1000 and 3000 checkpoints of the digits MLP (bounded by the block?);
+        # on a GPU also the peak of torch's allocations there
         # each peak is the worst moment of the run, and where glibc's heap puts a block's
         # buffers scatters it by tens of MB from run to run: the median of 3, taken in turns
-        sizes = (100, 1000, 3000)
-        for n in sizes:
+        for n in memory_sizes:
             _make_run(d / f"m{n}.zarr", "digits-mlp", n)
-        all_peaks = {n: [] for n in sizes}
+        kinds = ("RSS", "GPU") if device == "cuda" else ("RSS",)
+        all_peaks = {k: {n: [] for n in memory_sizes} for k in kinds}
         for _ in range(3):
-            for n in sizes:
-                all_peaks[n].append(_peak_rss(d / f"m{n}.zarr"))
-        peaks = {n: float(np.median(v)) for n, v in all_peaks.items()}
-        raw["peak_rss"] = {str(k): v for k, v in all_peaks.items()}
-        spread = "; ".join(f"{n}: {', '.join(f'{v / 2**20:.0f}' for v in all_peaks[n])} MiB"
-                           for n in sizes)
-        rows.append(Row("peak memory, 1000 checkpoints (digits MLP)", peaks[1000], "B",
-                        peaks[100], "100 checkpoints", Target("<=", 1.1),
-                        note=f"median of 3 runs each ({spread})"))
-        rows.append(Row("peak memory, 3000 checkpoints (digits MLP)", peaks[3000], "B",
-                        peaks[1000], "1000 checkpoints", Target("<=", 1.1)))
+            for n in memory_sizes:
+                for k, v in zip(("RSS", "GPU"), _peak_memory(d / f"m{n}.zarr", device)):
+                    if k in kinds:
+                        all_peaks[k][n].append(v)
+        for k in kinds:
+            peaks = {n: float(np.median(v)) for n, v in all_peaks[k].items()}
+            raw["peak_rss" if k == "RSS" else "peak_gpu"] = {
+                str(n): v for n, v in all_peaks[k].items()}
+            spread = "; ".join(f"{n}: {', '.join(f'{v / 2**20:.0f}' for v in all_peaks[k][n])}"
+                               " MiB" for n in memory_sizes)
+            what = "peak memory" if k == "RSS" else "peak GPU allocation"
+            for i, (small, n) in enumerate(zip(memory_sizes, memory_sizes[1:])):
+                rows.append(Row(f"{what}, {n} checkpoints (digits MLP)", peaks[n], "B",
+                                peaks[small], f"{small} checkpoints", Target("<=", 1.1),
+                                note=f"median of 3 runs each ({spread})" if i == 0 else ""))
     raw["checkpoints"] = {name: _n_checkpoints(name, checkpoints) for name in models}
     return rows, raw
 
@@ -399,20 +435,36 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--models", default=",".join(MODELS),
                    help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--tmpdir", type=Path, default=None)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the model runs, on both sides (the numpy parts stay on the CPU)")
+    p.add_argument("--memory-checkpoints", default="100,1000,3000",
+                   help="comma-separated archive sizes whose peak memory is compared, in "
+                        "increasing order (empty: no memory rows)")
     a = p.parse_args(argv)
+    try:
+        memory_sizes = tuple(int(v) for v in a.memory_checkpoints.split(",") if v)
+    except ValueError:
+        p.error(f"--memory-checkpoints must be comma-separated integers, got "
+                f"{a.memory_checkpoints!r}")
+    if any(n < 1 for n in memory_sizes) or list(memory_sizes) != sorted(set(memory_sizes)):
+        p.error(f"--memory-checkpoints must be increasing positive integers, got "
+                f"{a.memory_checkpoints!r}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
     models = [m for m in a.models.split(",") if m]
     for m in models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
     t0 = time.perf_counter()
     rows, raw = run(checkpoints=a.checkpoints, baseline_ckpts=a.baseline_ckpts, models=models,
-                    tmpdir=a.tmpdir)
+                    tmpdir=a.tmpdir, device=a.device, memory_sizes=memory_sizes)
     counts = ", ".join(f"{m} {_n_checkpoints(m, a.checkpoints)}" for m in models)
     title = (f"analysis on realistic models, checkpoints: {counts}; probe "
              f"{COMMON['probe_size']}, KDE {COMMON['kde_samples']}, LC {COMMON['lc_points']} "
              f"points x 2 splits x {2 * COMMON['n_directions']} vertices, LMN "
-             f"{COMMON['lmn_samples']} samples; load average {os.getloadavg()[0]:.1f} on "
-             f"{os.cpu_count()} CPUs")
+             f"{COMMON['lmn_samples']} samples; device {a.device}"
+             f"{' (' + torch.cuda.get_device_name() + ')' if a.device == 'cuda' else ''}; "
+             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(format_table(rows, title=title))
     result = report("models", rows, wall_s=time.perf_counter() - t0, **raw)
     print(f"benchmark wall time {result['wall_s']:.0f} s")

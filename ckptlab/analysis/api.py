@@ -735,12 +735,19 @@ class _Runner:
 
         def tick():
             bar.update(1)
+        # zero-padded: dask runs independent tasks in the order of their keys, and unpadded
+        # ones sort 90-100 between 900-910 and 890-900, so a block rarely followed the one
+        # beside it and the reader's kept chunks were seldom read again
+        width = len(str(self.n))
+
+        def key(a, b):
+            return f"ckptlab-block-{a:0{width}d}-{b:0{width}d}"
         tasks = {
-            f"ckptlab-block-{a}-{b}": dask.delayed(compute_block, pure=False)(
-                self.plan, a, b, fams, self.n, dask_key_name=f"ckptlab-block-{a}-{b}")
+            key(a, b): dask.delayed(compute_block, pure=False)(
+                self.plan, a, b, fams, self.n, dask_key_name=key(a, b))
             for a, b, fams in todo
         }
-        spans = {f"ckptlab-block-{a}-{b}": (a, b) for a, b, _ in todo}
+        spans = {key(a, b): (a, b) for a, b, _ in todo}
         if self.kind == "distributed":
             from distributed import as_completed
 

@@ -162,6 +162,23 @@ def test_lazy_equals_eager_and_schedulers_agree(tanh_run):
                                rtol=1e-10)
 
 
+def test_blocks_run_in_archive_order(relu_run, monkeypatch):
+    """One block after the one beside it (the reader keeps the chunks at a block's ends for
+    its neighbours): with more than 10 blocks, unpadded task keys sorted 10-11 before 2-3."""
+    calls = []
+    real = api_mod.compute_block
+
+    def recording(plan, a, b, fams, n_hint=0):
+        calls.append(a)
+        return real(plan, a, b, fams, n_hint)
+
+    monkeypatch.setattr(api_mod, "compute_block", recording)
+    analyze(relu_run, metrics=("weights",), scheduler="synchronous", block_size=1, store=False)
+    n = Run(relu_run).n
+    assert n > 10 and sorted(calls) == list(range(n))
+    assert calls in (list(range(n)), list(range(n))[::-1])
+
+
 def test_incremental_new_checkpoints_and_resume(tmp_path, tanh_run, monkeypatch):
     path = tmp_path / "run.zarr"
     shutil.copytree(tanh_run, path)

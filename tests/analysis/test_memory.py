@@ -130,6 +130,14 @@ def test_heap_released_only_beyond_one_block():
     assert release() is False and libc.trims == 1  # nothing free after the release
 
 
+def test_heap_kept_by_default_is_half_a_block():
+    libc = _FakeLibc(free=mem.BLOCK_BYTES // 2)
+    release = mem._heap_release(libc)
+    assert release() is False and libc.trims == 0
+    libc.free = mem.BLOCK_BYTES // 2 + 1
+    assert release() is True and libc.trims == 1
+
+
 def test_heap_released_every_time_without_mallinfo2_and_never_without_glibc():
     libc = _FakeLibc(free=0, info=False)  # glibc < 2.33: what is free cannot be told
     release = mem._heap_release(libc)

@@ -9,7 +9,9 @@ the plain per-checkpoint code of the original repositories (one forward per poin
 local complexity, one per pair for the LMN, numpy binning and KDE). Both sides compute the same
 measures with the same subset sizes, in one run, on the same machine. Each side's time is its
 least disturbed measurement: the baseline's fastest checkpoint (the same work for each), ours
-the faster of two runs.
+the faster of two runs. ``--device cuda`` runs both sides' model passes on a GPU (the numpy
+parts stay on the CPU) and adds the peak GPU allocation to the memory rows; ``benchmarks/gpu.sh``
+runs it after the CUDA tests.
 """
 
 from __future__ import annotations

@@ -251,7 +251,8 @@ def _model_factory(ctx, param, value):
 @click.option("--scheduler", default="threads", show_default=True,
               help="threads, processes, synchronous, or a Dask scheduler address.")
 @click.option("--workers", "n_workers", type=int, help="Workers of a local scheduler.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the model runs (cuda: the same batched path on a GPU; MI on the CPU).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every fixed random choice.")
 @click.option("--no-store", is_flag=True, help="Do not keep results in the archive.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")

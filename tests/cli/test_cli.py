@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -56,6 +57,15 @@ def test_analyze_phases_plot_info(run_copy, tmp_path):
     assert fig.stat().st_size > 10_000 and plane.read_bytes()[:4] == b"\x89PNG"
     runs = _ok(["phases", run_copy, run_copy])
     assert "across runs" in runs
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here")
+def test_analyze_on_cuda_without_a_device_is_a_one_line_error(run_copy):
+    out = _err(["analyze", run_copy, "--device", "cuda", "--metrics", "weights"])
+    assert out == "Error: device 'cuda' was asked for but torch sees no CUDA device\n"
+    out = _err(["train", "quick-grok", "--out", run_copy + "-x", "--set", "device=cuda"])
+    assert out == "Error: device 'cuda' was asked for but torch sees no CUDA device\n"
+    assert not Path(run_copy + "-x").exists()  # refused before anything was written
 
 
 def test_cli_errors_are_one_line(run_copy, tmp_path):

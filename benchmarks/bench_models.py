@@ -16,6 +16,7 @@ runs it after the CUDA tests.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -289,7 +290,7 @@ def _matmul_rate(device: str = "cpu") -> float:
 # than the analysis reported its own size for both archives.
 # On a GPU it also prints the peak of torch's allocations there.
 _MEM_CHILD = r"""
-import resource, sys
+import json, resource, sys
 import ckptlab
 device = sys.argv[2]
 ckptlab.analyze(sys.argv[1], metrics=("mi", "weights"), estimators=("binning", "kde"),
@@ -300,20 +301,20 @@ try:
         rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
 except OSError:  # no procfs
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peaks = {"RSS": rss}
 if device == "cuda":
     import torch
-    print(rss, torch.cuda.max_memory_allocated())
-else:
-    print(rss, 0)
+    peaks["GPU"] = torch.cuda.max_memory_allocated()
+print(json.dumps(peaks))
 """
 
 
-def _peak_memory(path: Path, device: str = "cpu") -> tuple[int, int]:
-    """Peak RSS and (on a GPU) peak GPU allocation, in bytes, of an analysis in a child."""
+def _peak_memory(path: Path, device: str = "cpu") -> dict[str, int]:
+    """``{"RSS": bytes}`` of an analysis in a child, and on a GPU ``"GPU"``: its peak
+    allocation there."""
     out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(path), device],
                          capture_output=True, text=True, check=True)
-    rss, gpu = out.stdout.strip().splitlines()[-1].split()
-    return int(rss), int(gpu)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # checkpoints per model unless --checkpoints says otherwise: a few hundred, the transformer
@@ -409,9 +410,8 @@ def run(*, checkpoints: int | None, baseline_ckpts: int, models, tmpdir=None, de
         all_peaks = {k: {n: [] for n in memory_sizes} for k in kinds}
         for _ in range(3):
             for n in memory_sizes:
-                for k, v in zip(("RSS", "GPU"), _peak_memory(d / f"m{n}.zarr", device)):
-                    if k in kinds:
-                        all_peaks[k][n].append(v)
+                for k, v in _peak_memory(d / f"m{n}.zarr", device).items():
+                    all_peaks[k][n].append(v)
         for k in kinds:
             peaks = {n: float(np.median(v)) for n, v in all_peaks[k].items()}
             raw["peak_rss" if k == "RSS" else "peak_gpu"] = {

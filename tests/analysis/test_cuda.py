@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from torch import nn
 
 from ckptlab.analysis import analyze
-from ckptlab.store import Recorder
 from trainers import TrainConfig, train
+
+# pytest puts this folder on the import path (no __init__.py here)
+from test_user_models import SmallCNN, _digits, _record
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -24,22 +25,6 @@ KW = dict(metrics=("mi", "lc", "lmn", "weights", "rank"), estimators=("binning",
           kde_samples=40, lc_points=12, lmn_samples=12, radii=(0.05,), store=False,
           scheduler="synchronous", block_size=4)
 TOL = dict(rtol=1e-9, atol=1e-10)
-
-
-class UserCNN(nn.Module):
-    """A user's model through forward hooks: conv -> ReLU -> pool -> linear -> ReLU -> head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(4 * 4 * 4, 16)
-        self.relu2 = nn.ReLU()
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.head(self.relu2(self.fc(self.pool(self.relu1(self.conv(x))).flatten(1))))
 
 
 @pytest.fixture(scope="module")
@@ -57,30 +42,14 @@ def runs(tmp_path_factory):
                                                        "activation": "relu"},
                       steps=20, lr=3e-3, dtype="float64", ckpt_per_decade=3,
                       ckpt_dense_until=2), out["transformer"])
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images / 16.0)[:, None]
-    y = digits.target.astype(np.int64)
-    data = {"x_train": x[:120], "y_train": y[:120], "x_test": x[120:240], "y_test": y[120:240]}
-    torch.manual_seed(0)
-    net = UserCNN().double()
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    xt, yt = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
-    out["cnn"] = d / "cnn.zarr"
-    with Recorder(out["cnn"], model=net, data=data) as rec:
-        for step in range(10):
-            loss = nn.functional.cross_entropy(net(xt), yt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % 2 == 0:
-                rec.save(step, net)
+    # a user's model through forward hooks, trained in float64 by a plain loop
+    data = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in _digits().items()}
+    out["cnn"] = _record(d / "cnn.zarr", SmallCNN().double(), data)
     return out
 
 
 def _analyze(runs, name, **kw):
-    model = UserCNN if name == "cnn" else None
+    model = SmallCNN if name == "cnn" else None
     with warnings.catch_warnings():
         # the batched path, not the fallback: its warning would fail the test
         warnings.filterwarnings("error", message=".*checkpoints batched", category=RuntimeWarning)
